@@ -1,0 +1,31 @@
+//! DevGem's domain, shared by every function and adapter.
+//!
+//! Nothing here talks to a cloud, a database or another server: this crate says *what* DevGem
+//! does (events, state machines, ports) and the adapters in `infra` say *how*.
+//!
+//! # Layout
+//! - [`ids`]: validated newtypes parsed once at the edge (user, session, deployment ids, service
+//!   and env var names).
+//! - [`events`]: the event catalog of DESIGN.md as typed payloads, CloudEvent construction and
+//!   the two foreign topics (Cloud Build notifications, LogEntry).
+//! - [`envelope`]: decoding of push deliveries (Pub/Sub push JSON and Eventarc binary mode) into a
+//!   typed [`envelope::PushEnvelope`].
+//! - [`handler`]: the one place that decides ack, retry or reject for an event handler.
+//! - [`model`]: users, sessions, deployments (state machine, monotonic progress), services.
+//! - [`ports`]: the traits the adapters implement (Store, Bus, Blobs, Source, Builder, Runtime,
+//!   Secrets, Brain) and [`ports::Ports`], the bundle every function's state starts from.
+//! - [`ledger`]: side effects that must happen once, keyed in `processed/{key}`.
+//! - [`identity`]: tokens, hashing, the bearer-auth middleware shared by the HTTP functions.
+//! - [`serve`]: `serve(listener, router, shutdown)` with a bounded grace period.
+//! - [`clock`]: time behind a trait so tests control it.
+
+pub mod clock;
+pub mod envelope;
+pub mod events;
+pub mod handler;
+pub mod identity;
+pub mod ids;
+pub mod ledger;
+pub mod model;
+pub mod ports;
+pub mod serve;

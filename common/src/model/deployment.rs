@@ -1,0 +1,407 @@
+//! `deployments/{id}`: one deploy attempt and its state machine.
+//!
+//! `requested -> analyzing -> building -> deploying -> verifying -> live`, and from any
+//! non-terminal state `failed` (with a cause the user can act on) or `aborted`. Progress is
+//! monotonic: a late, lower progress report (redelivered events arrive out of order) is ignored.
+
+use crate::ids::{CorrelationId, DeploymentId, ServiceName, SessionId, UserId};
+use crate::ports::source::SourceSpec;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    Requested,
+    Analyzing,
+    Building,
+    Deploying,
+    Verifying,
+    Live,
+    Failed,
+    Aborted,
+}
+
+impl DeploymentState {
+    pub const ALL: [DeploymentState; 8] = [
+        Self::Requested,
+        Self::Analyzing,
+        Self::Building,
+        Self::Deploying,
+        Self::Verifying,
+        Self::Live,
+        Self::Failed,
+        Self::Aborted,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Live | Self::Failed | Self::Aborted)
+    }
+
+    /// The state that follows on success, if any.
+    pub fn next(self) -> Option<Self> {
+        match self {
+            Self::Requested => Some(Self::Analyzing),
+            Self::Analyzing => Some(Self::Building),
+            Self::Building => Some(Self::Deploying),
+            Self::Deploying => Some(Self::Verifying),
+            Self::Verifying => Some(Self::Live),
+            Self::Live | Self::Failed | Self::Aborted => None,
+        }
+    }
+
+    pub fn can_move_to(self, to: Self) -> bool {
+        match to {
+            Self::Failed | Self::Aborted => !self.is_terminal(),
+            _ => self.next() == Some(to),
+        }
+    }
+
+    /// Progress reached on entering the state.
+    pub fn progress_floor(self) -> u8 {
+        match self {
+            Self::Requested => 0,
+            Self::Analyzing => 5,
+            Self::Building => 30,
+            Self::Deploying => 75,
+            Self::Verifying => 90,
+            Self::Live => 100,
+            Self::Failed | Self::Aborted => 0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Analyzing => "analyzing",
+            Self::Building => "building",
+            Self::Deploying => "deploying",
+            Self::Verifying => "verifying",
+            Self::Live => "live",
+            Self::Failed => "failed",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// The seven pipeline stages of DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    RepoAccess,
+    Analysis,
+    Dockerfile,
+    EnvConfig,
+    SecurityScan,
+    Build,
+    Deploy,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] =
+        [Self::RepoAccess, Self::Analysis, Self::Dockerfile, Self::EnvConfig, Self::SecurityScan, Self::Build, Self::Deploy];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageProgress {
+    pub stage: Stage,
+    pub status: StageStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Why a deployment failed, in categories a user can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    SourceUnavailable,
+    AnalysisFailed,
+    MissingEnv,
+    SecurityBlocked,
+    BuildFailed,
+    StartFailed,
+    VerifyFailed,
+    Timeout,
+    QuotaExceeded,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub cause: FailureCause,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// What happened and what to do, in plain words.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("a deployment cannot go from {from} to {to}")]
+    Illegal { from: &'static str, to: &'static str },
+    #[error("progress must be 0-100, got {0}")]
+    ProgressOutOfRange(u8),
+    #[error("the deployment is {0}; it can no longer change")]
+    Terminal(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: DeploymentId,
+    pub owner: UserId,
+    pub session_id: SessionId,
+    pub correlation_id: CorrelationId,
+    pub source: SourceSpec,
+    pub service: ServiceName,
+    pub state: DeploymentState,
+    pub stages: Vec<StageProgress>,
+    pub progress: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub abort_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a new deployment is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeployment {
+    pub id: DeploymentId,
+    pub owner: UserId,
+    pub session_id: SessionId,
+    pub correlation_id: CorrelationId,
+    pub source: SourceSpec,
+    pub service: ServiceName,
+}
+
+impl Deployment {
+    pub fn new(new: NewDeployment, now: DateTime<Utc>) -> Self {
+        let stages = Stage::ALL
+            .iter()
+            .map(|&stage| StageProgress { stage, status: StageStatus::Pending, started_at: None, finished_at: None, note: None })
+            .collect();
+        Self {
+            id: new.id,
+            owner: new.owner,
+            session_id: new.session_id,
+            correlation_id: new.correlation_id,
+            source: new.source,
+            service: new.service,
+            state: DeploymentState::Requested,
+            stages,
+            progress: 0,
+            build_id: None,
+            revision: None,
+            url: None,
+            abort_requested: false,
+            failure: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn check(&self, to: DeploymentState) -> Result<(), TransitionError> {
+        if self.state.is_terminal() {
+            return Err(TransitionError::Terminal(self.state.as_str()));
+        }
+        if !self.state.can_move_to(to) {
+            return Err(TransitionError::Illegal { from: self.state.as_str(), to: to.as_str() });
+        }
+        Ok(())
+    }
+
+    /// Moves forward one state (the success path).
+    pub fn advance(&mut self, to: DeploymentState, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        if matches!(to, DeploymentState::Failed | DeploymentState::Aborted) {
+            return Err(TransitionError::Illegal { from: self.state.as_str(), to: to.as_str() });
+        }
+        self.check(to)?;
+        self.state = to;
+        self.progress = self.progress.max(to.progress_floor());
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Ends the deployment as failed; the running stage is marked failed.
+    pub fn fail(&mut self, failure: Failure, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        self.check(DeploymentState::Failed)?;
+        if let Some(stage) = failure.stage {
+            self.set_stage(stage, StageStatus::Failed, None, now);
+        }
+        self.state = DeploymentState::Failed;
+        self.failure = Some(failure);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Ends the deployment as aborted.
+    pub fn abort(&mut self, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        self.check(DeploymentState::Aborted)?;
+        for stage in &mut self.stages {
+            if stage.status == StageStatus::Running {
+                stage.status = StageStatus::Failed;
+                stage.finished_at = Some(now);
+                stage.note = Some("aborted".to_owned());
+            }
+        }
+        self.state = DeploymentState::Aborted;
+        self.abort_requested = true;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Raises progress. Returns whether it changed: a lower value is ignored (monotonic), 100 is
+    /// reserved for `live`, and a terminal deployment no longer moves.
+    pub fn raise_progress(&mut self, percent: u8, now: DateTime<Utc>) -> Result<bool, TransitionError> {
+        if percent > 100 {
+            return Err(TransitionError::ProgressOutOfRange(percent));
+        }
+        if self.state.is_terminal() {
+            return Ok(false);
+        }
+        let capped = percent.min(99);
+        if capped <= self.progress {
+            return Ok(false);
+        }
+        self.progress = capped;
+        self.updated_at = now;
+        Ok(true)
+    }
+
+    /// Records a stage's status; starting and finishing times are kept.
+    pub fn set_stage(&mut self, stage: Stage, status: StageStatus, note: Option<String>, now: DateTime<Utc>) {
+        if let Some(entry) = self.stages.iter_mut().find(|s| s.stage == stage) {
+            if status == StageStatus::Running && entry.started_at.is_none() {
+                entry.started_at = Some(now);
+            }
+            if matches!(status, StageStatus::Done | StageStatus::Failed | StageStatus::Skipped) {
+                entry.finished_at = Some(now);
+            }
+            entry.status = status;
+            if note.is_some() {
+                entry.note = note;
+            }
+        }
+        self.updated_at = now;
+    }
+
+    pub fn stage(&self, stage: Stage) -> Option<&StageProgress> {
+        self.stages.iter().find(|s| s.stage == stage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::source::SourceLocation;
+
+    fn deployment() -> Deployment {
+        Deployment::new(
+            NewDeployment {
+                id: DeploymentId::generate(),
+                owner: UserId::admin(),
+                session_id: SessionId::generate(),
+                correlation_id: CorrelationId::generate(),
+                source: SourceSpec { location: SourceLocation::Git { url: "https://github.com/o/a".into() }, git_ref: None },
+                service: ServiceName::derive_from("a"),
+            },
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn success_path_reaches_live_with_full_progress() {
+        let mut d = deployment();
+        let now = Utc::now();
+        for to in [
+            DeploymentState::Analyzing,
+            DeploymentState::Building,
+            DeploymentState::Deploying,
+            DeploymentState::Verifying,
+            DeploymentState::Live,
+        ] {
+            d.advance(to, now).expect("legal step");
+            assert_eq!(d.progress, to.progress_floor());
+        }
+        assert_eq!(d.state, DeploymentState::Live);
+        assert_eq!(d.progress, 100);
+    }
+
+    #[test]
+    fn illegal_transitions_are_errors_not_panics() {
+        let mut d = deployment();
+        let now = Utc::now();
+        let err = d.advance(DeploymentState::Live, now).expect_err("cannot skip");
+        assert_eq!(err, TransitionError::Illegal { from: "requested", to: "live" });
+        assert!(d.advance(DeploymentState::Failed, now).is_err(), "failing goes through fail()");
+        d.abort(now).expect("abort from requested");
+        assert_eq!(d.advance(DeploymentState::Analyzing, now), Err(TransitionError::Terminal("aborted")));
+        assert!(d.abort(now).is_err(), "a second abort is refused");
+        let fail = Failure { cause: FailureCause::Internal, stage: None, message: "x".into() };
+        assert!(d.fail(fail, now).is_err());
+    }
+
+    #[test]
+    fn every_pair_of_states_follows_the_table() {
+        for from in DeploymentState::ALL {
+            for to in DeploymentState::ALL {
+                let expected = match to {
+                    DeploymentState::Failed | DeploymentState::Aborted => !from.is_terminal(),
+                    _ => from.next() == Some(to),
+                };
+                assert_eq!(from.can_move_to(to), expected, "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn progress_is_monotonic_and_bounded() {
+        let mut d = deployment();
+        let now = Utc::now();
+        d.advance(DeploymentState::Analyzing, now).expect("legal");
+        assert_eq!(d.raise_progress(20, now), Ok(true));
+        assert_eq!(d.raise_progress(10, now), Ok(false), "late lower report ignored");
+        assert_eq!(d.progress, 20);
+        assert_eq!(d.raise_progress(100, now), Ok(true));
+        assert_eq!(d.progress, 99, "100 is reserved for live");
+        assert_eq!(d.raise_progress(101, now), Err(TransitionError::ProgressOutOfRange(101)));
+        d.advance(DeploymentState::Building, now).expect("legal");
+        assert_eq!(d.progress, 99, "entering a state never lowers progress");
+    }
+
+    #[test]
+    fn failing_marks_the_stage_and_keeps_the_cause() {
+        let mut d = deployment();
+        let now = Utc::now();
+        d.advance(DeploymentState::Analyzing, now).expect("legal");
+        d.set_stage(Stage::Analysis, StageStatus::Running, None, now);
+        let failure = Failure { cause: FailureCause::AnalysisFailed, stage: Some(Stage::Analysis), message: "no app found".into() };
+        d.fail(failure.clone(), now).expect("legal");
+        assert_eq!(d.stage(Stage::Analysis).map(|s| s.status), Some(StageStatus::Failed));
+        assert_eq!(d.failure, Some(failure));
+        let json = serde_json::to_value(&d).expect("serializes");
+        let back: Deployment = serde_json::from_value(json).expect("round-trips");
+        assert_eq!(back, d);
+    }
+}

@@ -1,0 +1,66 @@
+//! The Bus port: publish to a topic. Delivery is push: each subscription posts the Pub/Sub push
+//! envelope to its function's route, and the function's status decides ack or retry
+//! (see [`crate::handler`]). Subscriptions are wiring, not code: terraform on GCP, `devgem up`
+//! on the embedded bus.
+
+use crate::events::{EventContext, EventPayload, Topic, to_message};
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    pub data: Bytes,
+    pub attributes: BTreeMap<String, String>,
+    /// Messages with the same key are delivered in publish order, one at a time.
+    pub ordering_key: Option<String>,
+}
+
+/// Bus failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("message refused: {0}")]
+    Invalid(String),
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl BusError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Which delivery statuses acknowledge a message (Pub/Sub push's rule, kept by every adapter).
+pub fn is_ack_status(status: u16) -> bool {
+    matches!(status, 102 | 200 | 201 | 202 | 204)
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// Publishes one message; when this returns `Ok`, the message is durable and will be
+    /// delivered to every subscription of the topic at least once. Returns the message id.
+    async fn publish(&self, topic: Topic, message: OutboundMessage) -> Result<String, BusError>;
+}
+
+/// Typed publishing over any [`Bus`].
+#[async_trait]
+pub trait BusExt: Bus {
+    /// Publishes one of our events as a CloudEvent on its topic.
+    async fn publish_event<E: EventPayload>(
+        &self,
+        payload: &E,
+        ctx: &EventContext,
+        now: DateTime<Utc>,
+    ) -> Result<String, BusError> {
+        let message = to_message(payload, ctx, now).map_err(|e| BusError::Invalid(e.to_string()))?;
+        self.publish(E::TOPIC, message).await
+    }
+}
+
+impl<B: Bus + ?Sized> BusExt for B {}
