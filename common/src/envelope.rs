@@ -129,12 +129,21 @@ impl PushRequest {
     }
 
     fn from_wire(body: &[u8], form: DeliveryForm) -> Result<Self, EnvelopeError> {
-        let wire: WirePush = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        // serde's derived structs also accept a JSON array (fields by position), so `[{...}]`
+        // would pass as an envelope: read the body as an object first, then check `message` is one.
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        match object.get("message") {
+            Some(serde_json::Value::Object(_)) => {}
+            Some(_) => return Err(EnvelopeError::NotJson("`message` is not a JSON object".into())),
+            None => return Err(EnvelopeError::NotJson("missing field `message`".into())),
+        }
+        let wire: WirePush = serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
         let m = wire.message;
-        let message_id = m
-            .message_id_camel
-            .or(m.message_id_snake)
-            .filter(|id| !id.is_empty())
+        let non_empty = |id: Option<String>| id.filter(|id| !id.is_empty());
+        let message_id = non_empty(m.message_id_camel)
+            .or_else(|| non_empty(m.message_id_snake))
             .ok_or(EnvelopeError::MissingMessageId)?;
         let data = match m.data {
             Some(b64) => BASE64.decode(b64.as_bytes()).map_err(|e| EnvelopeError::BadBase64(e.to_string()))?,

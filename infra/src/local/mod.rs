@@ -1,0 +1,16 @@
+//! The embedded adapters: everything `devgem up` needs on one machine, under one data dir.
+//!
+//! ```text
+//! <data dir>/store.db   documents and session event logs (SQLite, WAL)
+//! <data dir>/bus.db     outbox, deliveries, dead letters (SQLite, WAL)
+//! <data dir>/blobs/     one file per blob
+//! ```
+
+pub mod blobs;
+pub mod bus;
+mod sqlite;
+pub mod store;
+
+pub use blobs::LocalBlobs;
+pub use bus::{BusStats, DeadLetter, LocalBus, SubscriptionConfig};
+pub use store::LocalStore;
