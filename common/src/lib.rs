@@ -16,12 +16,14 @@
 //!   Secrets, Brain) and [`ports::Ports`], the bundle every function's state starts from.
 //! - [`ledger`]: side effects that must happen once, keyed in `processed/{key}`.
 //! - [`identity`]: tokens, hashing, the bearer-auth middleware shared by the HTTP functions.
+//! - [`function`]: the `/healthz` probe every function router has.
 //! - [`serve`]: `serve(listener, router, shutdown)` with a bounded grace period.
 //! - [`clock`]: time behind a trait so tests control it.
 
 pub mod clock;
 pub mod envelope;
 pub mod events;
+pub mod function;
 pub mod handler;
 pub mod identity;
 pub mod ids;

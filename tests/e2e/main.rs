@@ -1,1 +1,8 @@
+//! End-to-end tests: DevGem driven as a user drives it, over real sockets. One test binary.
+//!
+//! `support` starts either the real `devgem` binary on a fresh data dir or the whole router set
+//! in-process on a free port. Logs print only with `TEST_LOG=1`.
 
+mod identity;
+mod support;
+mod up;

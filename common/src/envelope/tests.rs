@@ -383,6 +383,17 @@ async fn extractor_refuses_a_bad_body_with_400() {
 }
 
 #[tokio::test]
+async fn extractor_accepts_a_message_above_axums_default_limit() {
+    // Pub/Sub messages reach 10 MB; axum's default body limit (2 MB) must not apply here.
+    let data = vec![b'x'; 9 * 1024 * 1024];
+    let body = format!(r#"{{"message": {{"messageId": "big", "data": "{}"}}}}"#, base64::engine::general_purpose::STANDARD.encode(&data));
+    assert!(body.len() > 2 * 1024 * 1024 && body.len() < MAX_PUSH_BODY);
+    let (status, body) = call(json_headers(), body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"big");
+}
+
+#[tokio::test]
 async fn extractor_refuses_an_oversized_body_with_413() {
     let (status, body) = call(json_headers(), vec![b' '; MAX_PUSH_BODY + 1]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);

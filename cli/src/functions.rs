@@ -1,0 +1,58 @@
+//! The functions by name: each is a library with `router(state)`; this is where their state is
+//! built from the adapters.
+
+use crate::embedded::Embedded;
+use axum::Router;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Function {
+    Chat,
+    Analyze,
+    Build,
+    Deploy,
+    Monitor,
+    Relay,
+    Api,
+    Janitor,
+}
+
+impl Function {
+    pub const ALL: [Function; 8] = [
+        Function::Chat,
+        Function::Analyze,
+        Function::Build,
+        Function::Deploy,
+        Function::Monitor,
+        Function::Relay,
+        Function::Api,
+        Function::Janitor,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Chat => devgem_chat::NAME,
+            Function::Analyze => devgem_analyze::NAME,
+            Function::Build => devgem_build::NAME,
+            Function::Deploy => devgem_deploy::NAME,
+            Function::Monitor => devgem_monitor::NAME,
+            Function::Relay => devgem_relay::NAME,
+            Function::Api => devgem_api::NAME,
+            Function::Janitor => devgem_janitor::NAME,
+        }
+    }
+
+    /// The function's router on the given adapters.
+    pub fn router(self, embedded: &Embedded) -> Router {
+        let ports = embedded.ports.clone();
+        match self {
+            Function::Chat => devgem_chat::router(devgem_chat::AppState { ports }),
+            Function::Analyze => devgem_analyze::router(devgem_analyze::AppState { ports }),
+            Function::Build => devgem_build::router(devgem_build::AppState { ports }),
+            Function::Deploy => devgem_deploy::router(devgem_deploy::AppState { ports }),
+            Function::Monitor => devgem_monitor::router(devgem_monitor::AppState { ports }),
+            Function::Relay => devgem_relay::router(devgem_relay::AppState { ports }),
+            Function::Api => devgem_api::router(devgem_api::AppState { ports, identity: embedded.identity.clone() }),
+            Function::Janitor => devgem_janitor::router(devgem_janitor::AppState { ports }),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The `devgem` command line: one binary for every function and for the embedded default.
+//!
+//! # Layout
+//! - [`Cli`] / [`run`]: argument parsing and dispatch.
+//! - [`embedded`]: opening the embedded adapters on a data dir (the wiring of `devgem up`).
+//! - [`functions`]: the function routers by name, for `serve` and `up`.
+//! - [`up`]: `devgem up`, all functions in one process behind one listener.
+//! - [`serve`]: `devgem serve <function>`, one function as a Cloud Run service runs it.
+//! - [`token`]: `devgem token create <user>`.
+//! - [`telemetry`]: logs, human-readable or Cloud Logging JSON.
+
+pub mod embedded;
+pub mod functions;
+pub mod serve;
+pub mod telemetry;
+pub mod token;
+pub mod up;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "devgem", version, about = "Deploy any repository by chatting with DevGem")]
+pub struct Cli {
+    /// The data dir of the embedded adapters.
+    #[arg(long, global = true, env = "DEVGEM_DATA", default_value = ".devgem")]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every function in one process on the embedded adapters (SQLite, files).
+    Up {
+        /// The port to listen on (0 picks a free one; the URL is written to server.json).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The address to listen on. Keep it on loopback unless you know why.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+    },
+    /// Serve one function's router on $PORT, as its Cloud Run service does.
+    Serve {
+        /// chat, analyze, build, deploy, monitor, relay, api or janitor.
+        function: functions::Function,
+        #[arg(long, env = "PORT", default_value_t = 8080)]
+        port: u16,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a user (if new) and print a new token for it. The token is shown once.
+    Create {
+        user: String,
+        /// A display name for a new user.
+        #[arg(long)]
+        name: Option<String>,
+        /// A running server to ask (else the one recorded in the data dir, else in-process).
+        #[arg(long, env = "DEVGEM_SERVER")]
+        server: Option<String>,
+    },
+}
+
+/// Runs one command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up { port, host } => {
+            let options = up::UpOptions { data_dir: cli.data_dir, host, port, preset_token: up::preset_token()? };
+            up::run(options, devgem_common::serve::termination_signal()).await
+        }
+        Command::Serve { function, port } => serve::run(function, &cli.data_dir, port).await,
+        Command::Token { command: TokenCommand::Create { user, name, server } } => {
+            let token = token::create(&cli.data_dir, &user, name.as_deref(), server.as_deref()).await?;
+            eprintln!("Token for {user} (shown once; only its hash is stored):");
+            println!("{}", token.expose());
+            Ok(())
+        }
+    }
+}

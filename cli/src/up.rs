@@ -1,0 +1,249 @@
+//! `devgem up`: every function in one process on the embedded adapters, behind one listener.
+//!
+//! - One server per data dir: an exclusive lock on `<data dir>/devgem.lock`; a second `up` on the
+//!   same dir is refused with the URL of the one running.
+//! - `server.json` records the URL so other commands find the server; removed on a clean stop.
+//! - First start creates the admin user; its token is printed once and saved in
+//!   `<data dir>/admin.token` (mode 0600) for the CLI. `DEVGEM_TOKEN` sets it instead.
+//! - Routes: `/health` (every function's probe, the bus backlog and dead letters), `/api/*` to the
+//!   api function, everything else to the relay (WebSocket and web UI).
+//! - Ctrl-C or SIGTERM stops accepting, finishes in-flight requests and deliveries; pending
+//!   messages stay in the bus and are delivered on the next start.
+
+use crate::embedded::Embedded;
+use crate::functions::Function;
+use anyhow::Context;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use devgem_common::function::{HEALTHZ, correlate};
+use devgem_common::identity::Token;
+use devgem_common::serve::{SHUTDOWN_GRACE, serve};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tower::ServiceExt;
+
+pub const LOCK_FILE: &str = "devgem.lock";
+pub const SERVER_FILE: &str = "server.json";
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub host: IpAddr,
+    pub port: u16,
+    /// `DEVGEM_TOKEN`: the admin token to use instead of a generated one.
+    pub preset_token: Option<Token>,
+}
+
+/// What `server.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub url: String,
+    pub pid: u32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Reads `DEVGEM_TOKEN`, refusing a malformed one rather than ignoring it.
+pub fn preset_token() -> anyhow::Result<Option<Token>> {
+    match std::env::var("DEVGEM_TOKEN") {
+        Ok(raw) if !raw.trim().is_empty() => {
+            Ok(Some(Token::parse(&raw).context("DEVGEM_TOKEN must be 16-256 printable characters")?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Holds the data dir's lock for as long as it lives.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Takes the exclusive lock of a data dir, or says who holds it.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let running = read_server_info(data_dir).map(|s| format!(" at {} (pid {})", s.url, s.pid)).unwrap_or_default();
+            anyhow::bail!(
+                "another devgem process is already using the data dir {}{running}; stop it first, or pass --data-dir to use another",
+                data_dir.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+pub fn read_server_info(data_dir: &Path) -> Option<ServerInfo> {
+    let text = std::fs::read_to_string(data_dir.join(SERVER_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The server running on `data_dir`, if one is: `server.json` counts only while another process
+/// holds the lock, so a file left by a crash is ignored (and removed).
+pub fn running_server(data_dir: &Path) -> Option<ServerInfo> {
+    let info = read_server_info(data_dir)?;
+    let lock = File::options().write(true).open(data_dir.join(LOCK_FILE)).ok()?;
+    match lock.try_lock() {
+        Ok(()) => {
+            let _ = std::fs::remove_file(data_dir.join(SERVER_FILE));
+            None
+        }
+        Err(_) => Some(info),
+    }
+}
+
+/// Writes a file readable only by its owner, atomically.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut options = File::options();
+        options.create(true).truncate(true).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(tmp, path)
+}
+
+/// The whole product's router on the embedded adapters: the "router set" that tests drive.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub embedded: Embedded,
+    pub router: Router,
+}
+
+#[derive(Debug, Clone)]
+struct HealthState {
+    functions: Vec<(&'static str, Router)>,
+    embedded: Embedded,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionHealth {
+    ok: bool,
+    status: u16,
+}
+
+#[derive(Debug, Serialize)]
+struct BusHealth {
+    ok: bool,
+    backlog: u64,
+    dead_letters: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct HealthReport {
+    ok: bool,
+    functions: BTreeMap<&'static str, FunctionHealth>,
+    bus: BusHealth,
+}
+
+/// `GET /health`: asks every function's router for its probe, in-process, and the bus for its
+/// backlog and dead letters. 200 when everything answers, 503 otherwise.
+async fn health(State(state): State<HealthState>) -> Response {
+    let probes = state.functions.iter().map(|(name, router)| {
+        let router = router.clone();
+        async move {
+            let request = http::Request::get(HEALTHZ).body(axum::body::Body::empty());
+            let status = match request {
+                Ok(request) => match tokio::time::timeout(Duration::from_secs(2), router.oneshot(request)).await {
+                    Ok(Ok(response)) => response.status().as_u16(),
+                    Ok(Err(never)) => match never {},
+                    Err(_) => StatusCode::GATEWAY_TIMEOUT.as_u16(),
+                },
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
+            };
+            (*name, FunctionHealth { ok: status == 200, status })
+        }
+    });
+    let functions: BTreeMap<_, _> = futures_util::future::join_all(probes).await.into_iter().collect();
+    let bus = match state.embedded.bus.stats().await {
+        Ok(stats) => BusHealth { ok: true, backlog: stats.backlog, dead_letters: stats.dead_letters },
+        Err(e) => {
+            tracing::warn!(error = %e, "bus stats unavailable");
+            BusHealth { ok: false, backlog: 0, dead_letters: 0 }
+        }
+    };
+    let ok = bus.ok && functions.values().all(|f| f.ok);
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(HealthReport { ok, functions, bus })).into_response()
+}
+
+impl App {
+    /// Builds every function's router on `embedded` and the one router in front of them.
+    pub fn build(embedded: Embedded) -> Self {
+        let functions: Vec<(&'static str, Router)> =
+            Function::ALL.iter().map(|f| (f.name(), f.router(&embedded))).collect();
+        let by_name = |name: &str| functions.iter().find(|(n, _)| *n == name).map(|(_, r)| r.clone()).unwrap_or_default();
+        let api = by_name(devgem_api::NAME);
+        let relay = by_name(devgem_relay::NAME);
+        // The api function owns `/api/*` (and answers `/healthz`); everything else goes to the
+        // relay, which serves the WebSocket and the web UI.
+        let router = Router::new()
+            .route("/health", get(health))
+            .with_state(HealthState { functions, embedded: embedded.clone() })
+            .merge(api)
+            .fallback_service(relay)
+            .layer(axum::middleware::from_fn(correlate));
+        Self { embedded, router }
+    }
+}
+
+/// Runs `devgem up` until `shutdown` resolves.
+pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&options.data_dir)?;
+    let embedded = Embedded::open(&options.data_dir)?;
+    let new_admin_token = embedded.identity.ensure_admin(options.preset_token.clone()).await?;
+    if let Some(token) = &new_admin_token {
+        write_private(&options.data_dir.join(ADMIN_TOKEN_FILE), token.expose().as_bytes())
+            .context("cannot save the admin token")?;
+    }
+
+    let addr = SocketAddr::new(options.host, options.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; pick another port with --port"))?;
+    let local = listener.local_addr()?;
+    let url = format!("http://{local}");
+    let app = App::build(embedded);
+    let info = ServerInfo { url: url.clone(), pid: std::process::id(), started_at: chrono::Utc::now() };
+    write_private(&options.data_dir.join(SERVER_FILE), &serde_json::to_vec_pretty(&info)?)
+        .context("cannot write server.json")?;
+
+    println!("DevGem is running at {url}  (data dir: {})", options.data_dir.display());
+    match &new_admin_token {
+        Some(token) if options.preset_token.is_none() => {
+            println!("Admin token (shown once; saved in {}):", options.data_dir.join(ADMIN_TOKEN_FILE).display());
+            println!("  {}", token.expose());
+        }
+        _ => println!("Admin token: see {} or DEVGEM_TOKEN", options.data_dir.join(ADMIN_TOKEN_FILE).display()),
+    }
+    println!("Health: {url}/health   API: {url}/api   Stop: Ctrl-C");
+
+    let served = serve(listener, app.router.clone(), shutdown, SHUTDOWN_GRACE).await;
+    app.embedded.bus.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_file(options.data_dir.join(SERVER_FILE));
+    served.context("server failed")?;
+    println!("DevGem stopped.");
+    Ok(())
+}

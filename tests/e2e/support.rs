@@ -1,0 +1,143 @@
+//! Test harness: the `devgem` binary as a child process, and the router set in-process.
+
+use devgem_cli::embedded::Embedded;
+use devgem_cli::up::{App, ServerInfo};
+use devgem_common::serve::serve;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `devgem` binary of this workspace, built on first use if `cargo test` did not build it.
+pub fn devgem_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/e2e-<hash> -> target/<profile>/devgem
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let bin = profile_dir.join("devgem");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "devgem-cli", "--bin", "devgem"])
+            .current_dir(workspace)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the devgem binary failed");
+        assert!(bin.exists(), "no devgem binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+pub fn log_env() -> &'static str {
+    if std::env::var_os("TEST_LOG").is_some() { "info" } else { "warn" }
+}
+
+/// A `devgem` child process on its own data dir.
+pub struct DevgemProcess {
+    pub child: Child,
+    pub data_dir: PathBuf,
+}
+
+impl DevgemProcess {
+    /// Starts `devgem <args>` with `--data-dir`.
+    pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(devgem_bin());
+        command
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", log_env())
+            .env_remove("DEVGEM_TOKEN")
+            .env_remove("DEVGEM_SERVER")
+            .env_remove("K_SERVICE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::piped() });
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn devgem");
+        Self { child, data_dir: data_dir.to_owned() }
+    }
+
+    /// Waits until `server.json` names a URL that answers `/health`.
+    pub async fn wait_ready(&mut self) -> ServerInfo {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                panic!("devgem exited early with {status}");
+            }
+            if let Some(info) = devgem_cli::up::read_server_info(&self.data_dir)
+                && reqwest::get(format!("{}/health", info.url)).await.is_ok()
+            {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "devgem did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, failing the test after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "devgem did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stdout(&mut self) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        out
+    }
+}
+
+impl Drop for DevgemProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The whole router set of `devgem up`, in-process on a free port, on a fresh data dir.
+pub struct TestApp {
+    pub url: String,
+    pub embedded: Embedded,
+    pub admin_token: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let embedded = Embedded::open(dir.path()).expect("open embedded adapters");
+    let admin = embedded.identity.ensure_admin(None).await.expect("admin").expect("new admin");
+    let app = App::build(embedded.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, app.router, async { let _ = rx.await; }, Duration::from_secs(2)));
+    TestApp { url, embedded, admin_token: admin.expose().to_owned(), shutdown: Some(tx), _dir: dir }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
