@@ -32,8 +32,9 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<Token> {
         return Ok(token);
     }
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("no admin token: set DEVGEM_TOKEN or run 'devgem up' once to create {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("no admin token: set DEVGEM_TOKEN or run 'devgem up' once to create {}", path.display())
+    })?;
     Token::parse(&text).with_context(|| format!("{} does not hold a valid token", path.display()))
 }
 
@@ -67,7 +68,8 @@ async fn create_via_server(url: &str, admin: &Token, id: &UserId, name: Option<&
     };
     let status = response.status();
     if !status.is_success() {
-        let message = response.json::<ErrorBody>().await.map(|b| b.error.message).unwrap_or_else(|_| status.to_string());
+        let message =
+            response.json::<ErrorBody>().await.map(|b| b.error.message).unwrap_or_else(|_| status.to_string());
         bail!("the server refused: {message}");
     }
     let issued: Issued = response.json().await.context("the server's answer is not a token")?;

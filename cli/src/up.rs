@@ -81,7 +81,8 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => {
-            let running = read_server_info(data_dir).map(|s| format!(" at {} (pid {})", s.url, s.pid)).unwrap_or_default();
+            let running =
+                read_server_info(data_dir).map(|s| format!(" at {} (pid {})", s.url, s.pid)).unwrap_or_default();
             anyhow::bail!(
                 "another devgem process is already using the data dir {}{running}; stop it first, or pass --data-dir to use another",
                 data_dir.display()
@@ -194,7 +195,8 @@ impl App {
     pub fn build(embedded: Embedded) -> Self {
         let functions: Vec<(&'static str, Router)> =
             Function::ALL.iter().map(|f| (f.name(), f.router(&embedded))).collect();
-        let by_name = |name: &str| functions.iter().find(|(n, _)| *n == name).map(|(_, r)| r.clone()).unwrap_or_default();
+        let by_name =
+            |name: &str| functions.iter().find(|(n, _)| *n == name).map(|(_, r)| r.clone()).unwrap_or_default();
         let api = by_name(devgem_api::NAME);
         let relay = by_name(devgem_relay::NAME);
         // The api function owns `/api/*` (and answers `/healthz`); everything else goes to the

@@ -11,9 +11,7 @@
 
 use crate::events::cloud_build::{CloudBuildError, CloudBuildNotification};
 use crate::events::log_entry::{LogEntry, LogEntryError};
-use crate::events::{
-    ControlEvent, DeploymentAbort, EventMeta, EventPayload, ServiceRollback, EventError,
-};
+use crate::events::{ControlEvent, DeploymentAbort, EventError, EventMeta, EventPayload, ServiceRollback};
 use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -117,7 +115,9 @@ impl PushRequest {
                 return Err(EnvelopeError::NotPubsubEvent(event.ty().to_owned()));
             }
             let data: Vec<u8> = match event.data() {
-                Some(cloudevents::Data::Json(v)) => serde_json::to_vec(v).map_err(|e| EnvelopeError::NotJson(e.to_string()))?,
+                Some(cloudevents::Data::Json(v)) => {
+                    serde_json::to_vec(v).map_err(|e| EnvelopeError::NotJson(e.to_string()))?
+                }
                 Some(cloudevents::Data::String(s)) => s.clone().into_bytes(),
                 Some(cloudevents::Data::Binary(b)) => b.clone(),
                 None => return Err(EnvelopeError::NotJson("Eventarc event has no body".into())),
@@ -270,7 +270,8 @@ pub struct EnvelopeRejection(pub EnvelopeError);
 
 impl IntoResponse for EnvelopeRejection {
     fn into_response(self) -> Response {
-        let status = if self.0 == EnvelopeError::TooLarge { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+        let status =
+            if self.0 == EnvelopeError::TooLarge { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
         crate::handler::ApiError::new(status, "bad_envelope", self.0.to_string()).into_response()
     }
 }
@@ -280,9 +281,8 @@ impl<S: Send + Sync> FromRequest<S> for PushRequest {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let bytes = axum::body::to_bytes(body, MAX_PUSH_BODY)
-            .await
-            .map_err(|_| EnvelopeRejection(EnvelopeError::TooLarge))?;
+        let bytes =
+            axum::body::to_bytes(body, MAX_PUSH_BODY).await.map_err(|_| EnvelopeRejection(EnvelopeError::TooLarge))?;
         PushRequest::decode(&parts.headers, &bytes).map_err(EnvelopeRejection)
     }
 }

@@ -32,7 +32,10 @@ async fn healthz(State((function, store)): State<(&'static str, Arc<dyn Store>)>
         Ok(()) => Json(Health { function, ok: true, error: None }).into_response(),
         Err(e) => {
             tracing::warn!(function, error = %e, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { function, ok: false, error: Some("store unavailable".into()) }))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health { function, ok: false, error: Some("store unavailable".into()) }),
+            )
                 .into_response()
         }
     }
@@ -54,7 +57,8 @@ pub async fn correlate(mut request: axum::extract::Request, next: axum::middlewa
         .and_then(|v| CorrelationId::parse(v).ok())
         .unwrap_or_else(CorrelationId::generate);
     request.extensions_mut().insert(correlation_id.clone());
-    let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), %correlation_id);
+    let span =
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), %correlation_id);
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = http::HeaderValue::from_str(correlation_id.as_str()) {
         response.headers_mut().insert(CORRELATION_HEADER, value);

@@ -51,7 +51,12 @@ pub struct RejectedEvent {
 
 /// Records `request` as poison in `rejected/{message-id}`. Idempotent: a redelivered poison
 /// event finds its record and is acked again.
-pub async fn reject(store: &dyn Store, request: &PushRequest, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub async fn reject(
+    store: &dyn Store,
+    request: &PushRequest,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let key = DocKey::new("rejected", request.message.message_id.clone())?;
     let head = &request.message.data[..request.message.data.len().min(4096)];
     let record = RejectedEvent {
@@ -73,7 +78,7 @@ pub async fn reject(store: &dyn Store, request: &PushRequest, reason: &str, now:
 /// Reads a rejected record (for tests, the janitor and `/stats`).
 pub async fn rejected(store: &dyn Store, message_id: &str) -> Result<Option<RejectedEvent>, StoreError> {
     let key = DocKey::new("rejected", message_id)?;
-    Ok(store.get(&Scope::All, &key).await?.map(|d| d.parse()).transpose()?)
+    store.get(&Scope::All, &key).await?.map(|d| d.parse()).transpose()
 }
 
 /// Runs `handle` on the decoded payload of a push request and turns the outcome into the
@@ -168,7 +173,9 @@ impl From<StoreError> for ApiError {
         match &e {
             StoreError::NotFound(what) => Self::not_found(format!("{what} not found")),
             StoreError::Invalid(why) => Self::bad_request(why.clone()),
-            StoreError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "conflict", "the resource changed meanwhile; retry the request"),
+            StoreError::Conflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", "the resource changed meanwhile; retry the request")
+            }
             StoreError::Unavailable(_) => Self::unavailable("storage is unavailable"),
             _ => {
                 tracing::error!(error = %e, "store failure");

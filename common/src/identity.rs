@@ -297,11 +297,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
     /// Fails closed: a route mounted without [`require_bearer`] refuses every request.
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| ApiError::unauthorized("authentication required"))
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| ApiError::unauthorized("authentication required"))
     }
 }
 

@@ -112,7 +112,8 @@ pub struct ServiceName(String);
 
 impl ServiceName {
     pub const MAX_LEN: usize = 49;
-    const RULE: &'static str = "start with a lowercase letter, use only a-z, 0-9 and '-', do not end with '-', at most 49 characters";
+    const RULE: &'static str =
+        "start with a lowercase letter, use only a-z, 0-9 and '-', do not end with '-', at most 49 characters";
 
     pub fn parse(value: &str) -> Result<Self, InvalidName> {
         let bytes = value.as_bytes();

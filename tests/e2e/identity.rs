@@ -17,7 +17,10 @@ async fn seed(app: &crate::support::TestApp, owner: &str) -> DeploymentId {
             owner: UserId::parse(owner).expect("owner"),
             session_id: SessionId::generate(),
             correlation_id: CorrelationId::generate(),
-            source: SourceSpec { location: SourceLocation::Git { url: "https://github.com/o/app".into() }, git_ref: None },
+            source: SourceSpec {
+                location: SourceLocation::Git { url: "https://github.com/o/app".into() },
+                git_ref: None,
+            },
             service: ServiceName::derive_from("app"),
         },
         Utc::now(),
@@ -34,7 +37,8 @@ async fn tokens_are_checked_and_owners_are_isolated() {
     let url = |path: &str| format!("{}{path}", app.url);
 
     assert_eq!(client.get(url("/api/deployments")).send().await.expect("send").status(), 401, "no token");
-    let wrong = client.get(url("/api/deployments")).bearer_auth("dg_thisisnotatokenatall000").send().await.expect("send");
+    let wrong =
+        client.get(url("/api/deployments")).bearer_auth("dg_thisisnotatokenatall000").send().await.expect("send");
     assert_eq!(wrong.status(), 401, "wrong token");
     assert_eq!(wrong.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
     let query = client.get(url(&format!("/api/deployments?token={}", app.admin_token))).send().await.expect("send");
@@ -55,13 +59,22 @@ async fn tokens_are_checked_and_owners_are_isolated() {
     let admin_deployment = seed(&app, "admin").await;
     let bob_deployment = seed(&app, "bob").await;
 
-    let as_bob = client.get(url(&format!("/api/deployments/{admin_deployment}"))).bearer_auth(&bob).send().await.expect("send");
+    let as_bob =
+        client.get(url(&format!("/api/deployments/{admin_deployment}"))).bearer_auth(&bob).send().await.expect("send");
     assert_eq!(as_bob.status(), 404, "another user's token does not reach the admin's deployment");
-    let list: Vec<Value> = client.get(url("/api/deployments")).bearer_auth(&bob).send().await.expect("send").json().await.expect("json");
+    let list: Vec<Value> =
+        client.get(url("/api/deployments")).bearer_auth(&bob).send().await.expect("send").json().await.expect("json");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], bob_deployment.as_str());
-    let admin_list: Vec<Value> =
-        client.get(url("/api/deployments")).bearer_auth(&app.admin_token).send().await.expect("send").json().await.expect("json");
+    let admin_list: Vec<Value> = client
+        .get(url("/api/deployments"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(admin_list.len(), 1, "the admin's own list is filtered too");
     assert_eq!(admin_list[0]["id"], admin_deployment.as_str());
 

@@ -80,7 +80,8 @@ impl DevgemProcess {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("kill");
         assert!(status.success(), "kill -{signal} failed");
     }
 
@@ -130,7 +131,14 @@ pub async fn spawn_app() -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, app.router, async { let _ = rx.await; }, Duration::from_secs(2)));
+    tokio::spawn(serve(
+        listener,
+        app.router,
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(2),
+    ));
     TestApp { url, embedded, admin_token: admin.expose().to_owned(), shutdown: Some(tx), _dir: dir }
 }
 

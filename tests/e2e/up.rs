@@ -35,7 +35,8 @@ async fn up_answers_health_refuses_a_second_server_and_stops_on_signal() {
 
     // The admin token works; it was printed once.
     let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("admin token saved");
-    let me = reqwest::Client::new().get(format!("{}/api/me", info.url)).bearer_auth(token.trim()).send().await.expect("me");
+    let me =
+        reqwest::Client::new().get(format!("{}/api/me", info.url)).bearer_auth(token.trim()).send().await.expect("me");
     assert_eq!(me.status(), 200);
 
     server.signal("TERM");
@@ -49,7 +50,8 @@ async fn up_answers_health_refuses_a_second_server_and_stops_on_signal() {
     // Starting again resumes on the same data: same admin, token not printed again.
     let mut again = DevgemProcess::start(dir.path(), &["up", "--port", "0"], &[]);
     let info = again.wait_ready().await;
-    let me = reqwest::Client::new().get(format!("{}/api/me", info.url)).bearer_auth(token.trim()).send().await.expect("me");
+    let me =
+        reqwest::Client::new().get(format!("{}/api/me", info.url)).bearer_auth(token.trim()).send().await.expect("me");
     assert_eq!(me.status(), 200, "the token survives a restart");
     again.signal("INT");
     assert!(again.wait_exit(Duration::from_secs(12)).success(), "Ctrl-C stops cleanly");
@@ -72,7 +74,15 @@ async fn token_create_works_through_the_running_server_and_in_process() {
     let dave = online.stdout().trim().to_owned();
     let client = reqwest::Client::new();
     for (token, user) in [(&carol, "carol"), (&dave, "dave")] {
-        let me: Value = client.get(format!("{}/api/me", info.url)).bearer_auth(token).send().await.expect("me").json().await.expect("json");
+        let me: Value = client
+            .get(format!("{}/api/me", info.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("me")
+            .json()
+            .await
+            .expect("json");
         assert_eq!(me["user_id"], user);
         assert_eq!(me["admin"], false);
     }
@@ -103,4 +113,42 @@ async fn serve_runs_one_function_on_port_and_stops_on_sigterm() {
     assert_eq!(refused.status(), 401);
     api.signal("TERM");
     assert!(api.wait_exit(Duration::from_secs(12)).success(), "exits cleanly on SIGTERM");
+}
+
+#[tokio::test]
+async fn on_cloud_run_logs_are_cloud_logging_json_with_the_correlation_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port().to_string();
+    let mut api = DevgemProcess::start(
+        dir.path(),
+        &["serve", "api"],
+        &[("PORT", &port), ("K_SERVICE", "api"), ("RUST_LOG", "info")],
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{url}/healthz")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve api never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = reqwest::Client::new()
+        .get(format!("{url}/api/me"))
+        .header("x-correlation-id", "corr-logline-7")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 401);
+    api.signal("TERM");
+    assert!(api.wait_exit(Duration::from_secs(12)).success());
+    let mut stderr = String::new();
+    if let Some(mut err) = api.child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    let lines: Vec<Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
+    assert!(!lines.is_empty(), "no log lines; stdout: {:?}", api.stdout());
+    assert!(lines.iter().all(|l| l["severity"].is_string() && l["message"].is_string()), "{stderr}");
+    let refusal = lines.iter().find(|l| l["message"] == "request refused").expect("the refusal is logged");
+    assert_eq!(refusal["span"]["correlation_id"], "corr-logline-7");
+    assert!(!stderr.contains("dg_"), "no token material in logs");
 }

@@ -260,7 +260,10 @@ fn malformed_bodies_are_errors_with_reasons() {
         ("attributes not strings", br#"{"message": {"messageId": "1", "attributes": {"a": 1}}}"#.to_vec()),
         ("negative deliveryAttempt", br#"{"message": {"messageId": "1"}, "deliveryAttempt": -1}"#.to_vec()),
         ("array body", br#"[{"message": {"messageId": "1"}}]"#.to_vec()),
-        ("envelope as a positional array", br#"[{"messageId": "1", "data": "e30="}, "projects/p/subscriptions/s", 1]"#.to_vec()),
+        (
+            "envelope as a positional array",
+            br#"[{"messageId": "1", "data": "e30="}, "projects/p/subscriptions/s", 1]"#.to_vec(),
+        ),
         ("message as a positional array", br#"{"message": ["e30=", {}, "1"]}"#.to_vec()),
         ("null body", b"null".to_vec()),
         ("trailing garbage", br#"{"message": {"messageId": "1"}} x"#.to_vec()),
@@ -275,10 +278,9 @@ fn malformed_bodies_are_errors_with_reasons() {
             ("message without id" | "empty message id", EnvelopeError::MissingMessageId)
             | ("bad base64", EnvelopeError::BadBase64(_))
             | ("bad publishTime", EnvelopeError::BadPublishTime(_)) => {}
-            (
-                "message without id" | "empty message id" | "bad base64" | "bad publishTime",
-                _,
-            ) => panic!("{what}: unexpected error {err:?}"),
+            ("message without id" | "empty message id" | "bad base64" | "bad publishTime", _) => {
+                panic!("{what}: unexpected error {err:?}")
+            }
             (_, EnvelopeError::NotJson(reason)) => assert!(!reason.is_empty(), "{what}"),
             _ => panic!("{what}: unexpected error {err:?}"),
         }
@@ -327,12 +329,16 @@ fn control_events_decode_by_type() {
     let mut request = delivered(to_message(&abort, &ctx, now).expect("valid CloudEvent"));
     request.message.data = Bytes::from(serde_json::to_vec(&rollback).expect("serializes"));
     let err = PushEnvelope::<ControlEvent>::decode(request).expect_err("data does not match the type");
-    assert!(matches!(err, PayloadError::Event(EventError::BadData { event_type: DeploymentAbort::TYPE, .. })), "{err:?}");
+    assert!(
+        matches!(err, PayloadError::Event(EventError::BadData { event_type: DeploymentAbort::TYPE, .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn foreign_message_without_cloudevent_attributes_is_not_one_of_ours() {
-    let body = br#"{"message": {"messageId": "1", "data": "e30=", "attributes": {"buildId": "b", "status": "SUCCESS"}}}"#;
+    let body =
+        br#"{"message": {"messageId": "1", "data": "e30=", "attributes": {"buildId": "b", "status": "SUCCESS"}}}"#;
     let request = PushRequest::decode(&HeaderMap::new(), body).expect("push decodes");
     let err = PushEnvelope::<ChatTurn>::decode(request).expect_err("no CloudEvent attributes");
     assert!(matches!(err, PayloadError::Event(EventError::NotACloudEvent(_))), "{err:?}");
@@ -386,7 +392,10 @@ async fn extractor_refuses_a_bad_body_with_400() {
 async fn extractor_accepts_a_message_above_axums_default_limit() {
     // Pub/Sub messages reach 10 MB; axum's default body limit (2 MB) must not apply here.
     let data = vec![b'x'; 9 * 1024 * 1024];
-    let body = format!(r#"{{"message": {{"messageId": "big", "data": "{}"}}}}"#, base64::engine::general_purpose::STANDARD.encode(&data));
+    let body = format!(
+        r#"{{"message": {{"messageId": "big", "data": "{}"}}}}"#,
+        base64::engine::general_purpose::STANDARD.encode(&data)
+    );
     assert!(body.len() > 2 * 1024 * 1024 && body.len() < MAX_PUSH_BODY);
     let (status, body) = call(json_headers(), body).await;
     assert_eq!(status, StatusCode::OK);

@@ -133,7 +133,8 @@ impl CloudBuildNotification {
     pub fn decode(attributes: &BTreeMap<String, String>, data: &[u8]) -> Result<Self, CloudBuildError> {
         let build_id = attributes.get("buildId").ok_or(CloudBuildError::MissingAttribute("buildId"))?;
         let raw_status = attributes.get("status").ok_or(CloudBuildError::MissingAttribute("status"))?;
-        let status = BuildStatus::parse(raw_status).ok_or_else(|| CloudBuildError::UnknownStatus(raw_status.clone()))?;
+        let status =
+            BuildStatus::parse(raw_status).ok_or_else(|| CloudBuildError::UnknownStatus(raw_status.clone()))?;
         let build: Build = serde_json::from_slice(data).map_err(|e| CloudBuildError::BadBuild(e.to_string()))?;
         if &build.id != build_id {
             return Err(CloudBuildError::IdMismatch { attribute: build_id.clone(), resource: build.id });

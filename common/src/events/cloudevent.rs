@@ -66,10 +66,8 @@ pub fn to_message<E: EventPayload>(
     ctx: &EventContext,
     now: DateTime<Utc>,
 ) -> Result<OutboundMessage, EventError> {
-    let data = serde_json::to_vec(payload).map_err(|e| EventError::BadData {
-        event_type: E::TYPE,
-        reason: e.to_string(),
-    })?;
+    let data =
+        serde_json::to_vec(payload).map_err(|e| EventError::BadData { event_type: E::TYPE, reason: e.to_string() })?;
     let event = EventBuilderV10::new()
         .id(uuid::Uuid::now_v7().to_string())
         .ty(E::TYPE)

@@ -98,8 +98,8 @@ impl LogEntry {
 
     /// The human-readable line: `textPayload`, else `jsonPayload.message`.
     pub fn message(&self) -> Option<&str> {
-        self.text_payload.as_deref().or_else(|| {
-            self.json_payload.as_ref().and_then(|p| p.get("message")).and_then(Value::as_str)
-        })
+        self.text_payload
+            .as_deref()
+            .or_else(|| self.json_payload.as_ref().and_then(|p| p.get("message")).and_then(Value::as_str))
     }
 }

@@ -32,8 +32,7 @@ fn json(text: &str) -> Value {
 
 fn now() -> DateTime<Utc> {
     // Whole microseconds: `ce-time` is written with microsecond precision.
-    Utc.with_ymd_and_hms(2024, 6, 11, 9, 30, 58).single().expect("valid date")
-        + chrono::Duration::microseconds(409_731)
+    Utc.with_ymd_and_hms(2024, 6, 11, 9, 30, 58).single().expect("valid date") + chrono::Duration::microseconds(409_731)
 }
 
 fn correlation_id() -> CorrelationId {
@@ -63,8 +62,8 @@ where
     E: EventPayload + PartialEq + Clone,
 {
     let original = json(fixture);
-    let payload: E = serde_json::from_value(original.clone())
-        .unwrap_or_else(|e| panic!("{} fixture does not decode: {e}", E::TYPE));
+    let payload: E =
+        serde_json::from_value(original.clone()).unwrap_or_else(|e| panic!("{} fixture does not decode: {e}", E::TYPE));
     let reencoded = serde_json::to_value(&payload).expect("payload serializes");
     assert_eq!(reencoded, original, "{} does not round-trip", E::TYPE);
     assert_eq!(payload.subject(), subject);
@@ -180,7 +179,8 @@ fn alert_enums_use_snake_case() {
     for (kind, name) in kinds {
         assert_eq!(serde_json::to_value(kind).expect("serializes"), Value::String(name.to_owned()));
     }
-    let statuses = [(AlertStatus::Open, "open"), (AlertStatus::Updated, "updated"), (AlertStatus::Resolved, "resolved")];
+    let statuses =
+        [(AlertStatus::Open, "open"), (AlertStatus::Updated, "updated"), (AlertStatus::Resolved, "resolved")];
     for (status, name) in statuses {
         assert_eq!(serde_json::to_value(status).expect("serializes"), Value::String(name.to_owned()));
     }
@@ -348,7 +348,10 @@ fn payload_that_is_not_json_is_bad_data() {
     ]))
     .expect("valid attributes");
     let err = meta.decode_payload::<ChatTurn>(b"\xff\xfe not json").expect_err("not JSON");
-    assert!(matches!(err, EventError::BadData { event_type: ChatTurn::TYPE, ref reason } if !reason.is_empty()), "{err:?}");
+    assert!(
+        matches!(err, EventError::BadData { event_type: ChatTurn::TYPE, ref reason } if !reason.is_empty()),
+        "{err:?}"
+    );
 }
 
 // ---- Cloud Build notifications ----
@@ -379,7 +382,8 @@ fn cloud_build_success_decodes() {
     assert!(b.log_url.as_deref().is_some_and(|u| u.contains(SUCCESS_ID)));
     assert!(b.logs_bucket.as_deref().is_some_and(|u| u.starts_with("gs://")));
     // Unmodelled fields are kept.
-    for field in ["source", "steps", "results", "timeout", "sourceProvenance", "options", "timing", "queueTtl", "name"] {
+    for field in ["source", "steps", "results", "timeout", "sourceProvenance", "options", "timing", "queueTtl", "name"]
+    {
         assert!(b.extra.contains_key(field), "extra keeps {field}");
     }
     let digest = b.extra["results"]["images"][0]["digest"].as_str().expect("pushed image digest");
@@ -451,7 +455,8 @@ fn cloud_build_errors_have_reasons() {
     assert_eq!(err, CloudBuildError::UnknownStatus("DONE".to_owned()));
     assert!(err.to_string().contains("DONE"));
 
-    let err = CloudBuildNotification::decode(&build_attributes(SUCCESS_ID, "success"), data).expect_err("status is upper case");
+    let err = CloudBuildNotification::decode(&build_attributes(SUCCESS_ID, "success"), data)
+        .expect_err("status is upper case");
     assert_eq!(err, CloudBuildError::UnknownStatus("success".to_owned()));
 
     for bad in [&b"not json"[..], b"", b"[]", b"{\"id\": 7}", b"{\"status\": \"SUCCESS\"}"] {

@@ -98,8 +98,15 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] =
-        [Self::RepoAccess, Self::Analysis, Self::Dockerfile, Self::EnvConfig, Self::SecurityScan, Self::Build, Self::Deploy];
+    pub const ALL: [Stage; 7] = [
+        Self::RepoAccess,
+        Self::Analysis,
+        Self::Dockerfile,
+        Self::EnvConfig,
+        Self::SecurityScan,
+        Self::Build,
+        Self::Deploy,
+    ];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,7 +206,13 @@ impl Deployment {
     pub fn new(new: NewDeployment, now: DateTime<Utc>) -> Self {
         let stages = Stage::ALL
             .iter()
-            .map(|&stage| StageProgress { stage, status: StageStatus::Pending, started_at: None, finished_at: None, note: None })
+            .map(|&stage| StageProgress {
+                stage,
+                status: StageStatus::Pending,
+                started_at: None,
+                finished_at: None,
+                note: None,
+            })
             .collect();
         Self {
             id: new.id,
@@ -323,7 +336,10 @@ mod tests {
                 owner: UserId::admin(),
                 session_id: SessionId::generate(),
                 correlation_id: CorrelationId::generate(),
-                source: SourceSpec { location: SourceLocation::Git { url: "https://github.com/o/a".into() }, git_ref: None },
+                source: SourceSpec {
+                    location: SourceLocation::Git { url: "https://github.com/o/a".into() },
+                    git_ref: None,
+                },
                 service: ServiceName::derive_from("a"),
             },
             Utc::now(),
@@ -396,7 +412,11 @@ mod tests {
         let now = Utc::now();
         d.advance(DeploymentState::Analyzing, now).expect("legal");
         d.set_stage(Stage::Analysis, StageStatus::Running, None, now);
-        let failure = Failure { cause: FailureCause::AnalysisFailed, stage: Some(Stage::Analysis), message: "no app found".into() };
+        let failure = Failure {
+            cause: FailureCause::AnalysisFailed,
+            stage: Some(Stage::Analysis),
+            message: "no app found".into(),
+        };
         d.fail(failure.clone(), now).expect("legal");
         assert_eq!(d.stage(Stage::Analysis).map(|s| s.status), Some(StageStatus::Failed));
         assert_eq!(d.failure, Some(failure));

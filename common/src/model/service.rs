@@ -59,7 +59,15 @@ pub struct Service {
 
 impl Service {
     pub fn new(owner: UserId, name: ServiceName) -> Self {
-        Self { owner, name, revisions: Vec::new(), traffic: Traffic::default(), env: BTreeMap::new(), open_alerts: Vec::new(), url: None }
+        Self {
+            owner,
+            name,
+            revisions: Vec::new(),
+            traffic: Traffic::default(),
+            env: BTreeMap::new(),
+            open_alerts: Vec::new(),
+            url: None,
+        }
     }
 
     /// The document id: services are per user, so two users can both have `web`.
@@ -115,7 +123,12 @@ mod tests {
     use super::*;
 
     fn rev(name: &str) -> Revision {
-        Revision { name: name.into(), deployment_id: DeploymentId::generate(), image: format!("img-{name}"), created_at: Utc::now() }
+        Revision {
+            name: name.into(),
+            deployment_id: DeploymentId::generate(),
+            image: format!("img-{name}"),
+            created_at: Utc::now(),
+        }
     }
 
     #[test]

@@ -28,7 +28,13 @@ impl DocKey {
         if !collection_ok {
             return Err(StoreError::Invalid(format!("collection {collection:?} must be lowercase letters and '_'")));
         }
-        if id.is_empty() || id.len() > 1500 || id.contains('/') || id.chars().any(char::is_control) || id == "." || id == ".." {
+        if id.is_empty()
+            || id.len() > 1500
+            || id.contains('/')
+            || id.chars().any(char::is_control)
+            || id == "."
+            || id == ".."
+        {
             return Err(StoreError::Invalid(format!(
                 "document id {:?} must be 1-1500 bytes without '/' or control characters",
                 id.chars().take(80).collect::<String>()
@@ -179,9 +185,9 @@ impl Query {
         for field in fields {
             let ok = !field.is_empty()
                 && field.len() <= 256
-                && field.split('.').all(|seg| {
-                    !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                });
+                && field
+                    .split('.')
+                    .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
             if !ok {
                 return Err(StoreError::Invalid(format!("field path {field:?} must be dotted identifiers")));
             }
@@ -331,7 +337,12 @@ pub trait StoreExt: Store {
         Ok(committed.version(0).unwrap_or(1))
     }
 
-    async fn update<T: Serialize + Sync>(&self, key: DocKey, expected_version: u64, value: &T) -> Result<u64, StoreError> {
+    async fn update<T: Serialize + Sync>(
+        &self,
+        key: DocKey,
+        expected_version: u64,
+        value: &T,
+    ) -> Result<u64, StoreError> {
         let data = to_data(value)?;
         let committed = self.commit(vec![Write::Update { key, expected_version, data }]).await?;
         Ok(committed.version(0).unwrap_or(expected_version + 1))

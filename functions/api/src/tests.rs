@@ -3,6 +3,7 @@
 
 use super::*;
 use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use chrono::Utc;
 use devgem_common::clock::SystemClock;
 use devgem_common::ids::{CorrelationId, DeploymentId, ServiceName, SessionId, UserId};
@@ -10,7 +11,6 @@ use devgem_common::model::deployment::{Deployment, NewDeployment};
 use devgem_common::ports::source::{SourceLocation, SourceSpec};
 use devgem_common::ports::store::{DocKey, NewEvent, SessionEventKind, StoreExt, Write};
 use devgem_infra::local::{LocalBlobs, LocalBus, LocalStore};
-use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -37,7 +37,13 @@ async fn fixture() -> Fixture {
     Fixture { _dir: dir, state: AppState { ports, identity }, admin_token: admin_token.expose().to_owned() }
 }
 
-async fn call(state: &AppState, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -63,7 +69,10 @@ async fn seed_deployment(state: &AppState, owner: &str, name: &str) -> Deploymen
             owner: UserId::parse(owner).expect("owner"),
             session_id: SessionId::generate(),
             correlation_id: CorrelationId::generate(),
-            source: SourceSpec { location: SourceLocation::Git { url: format!("https://github.com/o/{name}") }, git_ref: None },
+            source: SourceSpec {
+                location: SourceLocation::Git { url: format!("https://github.com/o/{name}") },
+                git_ref: None,
+            },
             service: ServiceName::derive_from(name),
         },
         Utc::now(),
@@ -115,7 +124,11 @@ async fn a_user_never_sees_another_users_documents() {
         .commit(vec![Write::Append {
             session: session.clone(),
             owner: UserId::admin(),
-            events: vec![NewEvent { kind: SessionEventKind::Message, correlation_id: CorrelationId::generate(), data: json!({"text": "secret plans"}) }],
+            events: vec![NewEvent {
+                kind: SessionEventKind::Message,
+                correlation_id: CorrelationId::generate(),
+                data: json!({"text": "secret plans"}),
+            }],
         }])
         .await
         .expect("append");
@@ -139,7 +152,8 @@ async fn a_user_never_sees_another_users_documents() {
 #[tokio::test]
 async fn bad_input_gets_an_actionable_error_and_stores_nothing() {
     let f = fixture().await;
-    let (status, body) = call(&f.state, "POST", "/api/users", Some(&f.admin_token), Some(json!({"id": "no/slash"}))).await;
+    let (status, body) =
+        call(&f.state, "POST", "/api/users", Some(&f.admin_token), Some(json!({"id": "no/slash"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"]["message"].as_str().unwrap_or("").contains("A-Z"), "{body}");
     let (status, _) = call(&f.state, "POST", "/api/users", Some(&f.admin_token), Some(json!({"id": "admin"}))).await;
@@ -149,6 +163,11 @@ async fn bad_input_gets_an_actionable_error_and_stores_nothing() {
     assert!(body["error"]["message"].as_str().unwrap_or("").contains("invalid JSON"), "{body}");
     let (status, _) = call(&f.state, "GET", "/api/deployments/..%2Fx", Some(&f.admin_token), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let admin = f.state.ports.store.get_typed::<Value>(&devgem_common::ports::store::Scope::All, &DocKey::new("users", "admin").expect("key")).await;
+    let admin = f
+        .state
+        .ports
+        .store
+        .get_typed::<Value>(&devgem_common::ports::store::Scope::All, &DocKey::new("users", "admin").expect("key"))
+        .await;
     assert_eq!(admin.expect("read").expect("admin kept").1, 1, "admin untouched");
 }

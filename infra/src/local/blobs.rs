@@ -160,7 +160,8 @@ mod tests {
         assert_eq!(back, big);
         assert!(chunks > 1, "large blobs stream in chunks");
 
-        let listed: Vec<String> = blobs.list("builds/").await.expect("list").into_iter().map(|m| m.key.to_string()).collect();
+        let listed: Vec<String> =
+            blobs.list("builds/").await.expect("list").into_iter().map(|m| m.key.to_string()).collect();
         assert_eq!(listed, ["builds/d1/log.txt", "builds/d2/log.txt"]);
         assert_eq!(blobs.list("").await.expect("list all").len(), 3, "temporary files are not listed");
 

@@ -212,9 +212,8 @@ impl LocalBus {
         {
             let conn = rusqlite::Connection::open(path).map_err(sql)?;
             let mut stmt = conn.prepare("SELECT name, topic FROM subscriptions ORDER BY name").map_err(sql)?;
-            let rows = stmt
-                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
-                .map_err(sql)?;
+            let rows =
+                stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))).map_err(sql)?;
             for row in rows {
                 let (name, topic) = row.map_err(sql)?;
                 if let Some(topic) = Topic::parse(&topic) {
@@ -347,7 +346,9 @@ impl LocalBus {
                         attributes: serde_json::from_str(&attributes).unwrap_or_default(),
                         attempts: row.get::<_, i64>(4).map_err(sql)?.max(0) as u32,
                         last_status: row.get(5).map_err(sql)?,
-                        dead_at: DateTime::parse_from_rfc3339(&dead_at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
+                        dead_at: DateTime::parse_from_rfc3339(&dead_at)
+                            .map(|t| t.with_timezone(&Utc))
+                            .unwrap_or_default(),
                     });
                 }
                 Ok::<_, BusError>(out)
@@ -358,13 +359,19 @@ impl LocalBus {
 
 fn validate(message: &OutboundMessage) -> Result<(), BusError> {
     if message.data.len() > MAX_DATA_BYTES {
-        return Err(BusError::Invalid(format!("message data is {} bytes; the limit is {MAX_DATA_BYTES}", message.data.len())));
+        return Err(BusError::Invalid(format!(
+            "message data is {} bytes; the limit is {MAX_DATA_BYTES}",
+            message.data.len()
+        )));
     }
     if message.attributes.len() > MAX_ATTRIBUTES {
         return Err(BusError::Invalid(format!("at most {MAX_ATTRIBUTES} attributes")));
     }
-    if message.attributes.iter().any(|(k, v)| k.is_empty() || k.len() > 256 || v.len() > 1024 || k.starts_with("goog")) {
-        return Err(BusError::Invalid("attribute keys are 1-256 bytes not starting with 'goog', values at most 1024".into()));
+    if message.attributes.iter().any(|(k, v)| k.is_empty() || k.len() > 256 || v.len() > 1024 || k.starts_with("goog"))
+    {
+        return Err(BusError::Invalid(
+            "attribute keys are 1-256 bytes not starting with 'goog', values at most 1024".into(),
+        ));
     }
     if message.ordering_key.as_ref().is_some_and(|k| k.len() > MAX_ORDERING_KEY_BYTES) {
         return Err(BusError::Invalid(format!("ordering keys are at most {MAX_ORDERING_KEY_BYTES} bytes")));
@@ -447,7 +454,9 @@ fn load_pending(conn: &rusqlite::Connection, subscription: &str) -> Result<Vec<(
             data: Bytes::from(row.get::<_, Vec<u8>>(1).map_err(sql)?),
             attributes: serde_json::from_str(&attributes).unwrap_or_default(),
             ordering_key: row.get(3).map_err(sql)?,
-            publish_time: DateTime::parse_from_rfc3339(&publish_time).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
+            publish_time: DateTime::parse_from_rfc3339(&publish_time)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_default(),
         };
         let failures = row.get::<_, i64>(5).map_err(sql)?.max(0) as u32;
         let next_attempt_ms: i64 = row.get(6).map_err(sql)?;
@@ -522,7 +531,12 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn new(config: SubscriptionConfig, endpoint: Router, db: Arc<Db>, receiver: mpsc::UnboundedReceiver<Pending>) -> Self {
+    fn new(
+        config: SubscriptionConfig,
+        endpoint: Router,
+        db: Arc<Db>,
+        receiver: mpsc::UnboundedReceiver<Pending>,
+    ) -> Self {
         Self {
             config,
             endpoint,
@@ -686,7 +700,10 @@ impl Dispatcher {
     fn on_joined(&mut self, joined: Result<(tokio::task::Id, Delivered), tokio::task::JoinError>) {
         let (id, delivered) = match joined {
             Ok((id, delivered)) => (id, delivered),
-            Err(e) => (e.id(), Err(if e.is_panic() { "handler panicked".to_owned() } else { "delivery cancelled".to_owned() })),
+            Err(e) => (
+                e.id(),
+                Err(if e.is_panic() { "handler panicked".to_owned() } else { "delivery cancelled".to_owned() }),
+            ),
         };
         if let Some(pending) = self.running_pending.remove(&id) {
             self.on_delivered(pending, delivered);

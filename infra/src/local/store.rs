@@ -154,7 +154,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write, now: &str) -> Result<Wri
             Ok(WriteResult::Written { version: 1 })
         }
         Write::Update { key, expected_version, data } => {
-            let expected = i64::try_from(*expected_version).map_err(|_| StoreError::Invalid("version too large".into()))?;
+            let expected =
+                i64::try_from(*expected_version).map_err(|_| StoreError::Invalid("version too large".into()))?;
             let changed = tx
                 .execute(
                     "UPDATE documents SET data = ?1, version = version + 1, updated_at = ?2
@@ -191,8 +192,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write, now: &str) -> Result<Wri
                 return Err(conflict(key, format!("expected version {expected}, found {current:?}")));
             }
             if current.is_some() {
-                tx.execute("DELETE FROM documents WHERE collection = ?1 AND id = ?2", params![key.collection(), key.id()])
-                    .map_err(sql)?;
+                tx.execute(
+                    "DELETE FROM documents WHERE collection = ?1 AND id = ?2",
+                    params![key.collection(), key.id()],
+                )
+                .map_err(sql)?;
             }
             Ok(WriteResult::Deleted { existed: current.is_some() })
         }

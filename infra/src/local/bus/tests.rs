@@ -88,7 +88,11 @@ async fn permanent_failures_end_in_the_dead_letter_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = open(dir.path());
     let calls: Calls = Arc::default();
-    let config = SubscriptionConfig { min_backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(20), ..fast("build") };
+    let config = SubscriptionConfig {
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        ..fast("build")
+    };
     bus.subscribe(config, scripted(vec![400], Arc::clone(&calls))).await.expect("subscribe");
     let id = bus.publish(Topic::Deployments, message("never works", None)).await.expect("publish");
 
@@ -149,7 +153,7 @@ async fn ordering_keys_deliver_in_publish_order_even_across_retries() {
                 let text = String::from_utf8_lossy(&request.message.data).into_owned();
                 // Every third message fails its first delivery.
                 let n: u32 = text.trim_start_matches("k-").parse().unwrap_or(0);
-                if n % 3 == 0 && failed_once.lock().expect("lock").insert(text.clone()) {
+                if n.is_multiple_of(3) && failed_once.lock().expect("lock").insert(text.clone()) {
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
                 acked.lock().expect("lock").push(text);
@@ -172,7 +176,8 @@ use std::collections::HashSet;
 async fn poison_events_are_recorded_and_not_redelivered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = open(dir.path());
-    let store: Arc<dyn Store> = Arc::new(LocalStore::open(&dir.path().join("store.db"), Arc::new(SystemClock)).expect("store"));
+    let store: Arc<dyn Store> =
+        Arc::new(LocalStore::open(&dir.path().join("store.db"), Arc::new(SystemClock)).expect("store"));
     let calls = Arc::new(AtomicUsize::new(0));
     let (s, c) = (Arc::clone(&store), Arc::clone(&calls));
     let endpoint = Router::new().route(
@@ -200,7 +205,8 @@ async fn poison_events_are_recorded_and_not_redelivered() {
 async fn the_ledger_turns_two_deliveries_into_one_side_effect() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bus = open(dir.path());
-    let store: Arc<dyn Store> = Arc::new(LocalStore::open(&dir.path().join("store.db"), Arc::new(SystemClock)).expect("store"));
+    let store: Arc<dyn Store> =
+        Arc::new(LocalStore::open(&dir.path().join("store.db"), Arc::new(SystemClock)).expect("store"));
     let effects = Arc::new(AtomicUsize::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
     let (s, e, c) = (Arc::clone(&store), Arc::clone(&effects), Arc::clone(&calls));
@@ -295,7 +301,11 @@ async fn publishes_are_validated_like_pubsub() {
     let bus = open(dir.path());
     let empty = OutboundMessage { data: Bytes::new(), attributes: BTreeMap::new(), ordering_key: None };
     assert!(matches!(bus.publish(Topic::Builds, empty).await, Err(BusError::Invalid(_))));
-    let huge = OutboundMessage { data: Bytes::from(vec![0u8; MAX_DATA_BYTES + 1]), attributes: BTreeMap::new(), ordering_key: None };
+    let huge = OutboundMessage {
+        data: Bytes::from(vec![0u8; MAX_DATA_BYTES + 1]),
+        attributes: BTreeMap::new(),
+        ordering_key: None,
+    };
     let err = bus.publish(Topic::Builds, huge).await.expect_err("too large");
     assert!(err.to_string().contains("limit"), "{err}");
     // A topic without subscriptions accepts the message and drops it, as Pub/Sub does.

@@ -18,7 +18,11 @@ fn user(id: &str) -> UserId {
 }
 
 fn event(n: u64) -> NewEvent {
-    NewEvent { kind: SessionEventKind::Message, correlation_id: CorrelationId::parse("corr-1").expect("id"), data: json!({"n": n}) }
+    NewEvent {
+        kind: SessionEventKind::Message,
+        correlation_id: CorrelationId::parse("corr-1").expect("id"),
+        data: json!({"n": n}),
+    }
 }
 
 #[tokio::test]
@@ -39,11 +43,15 @@ async fn create_update_set_delete_follow_versions() {
     let missing = store.update(key("deployments", "nope"), 1, &json!({})).await.expect_err("missing");
     assert!(missing.to_string().contains("does not exist"));
 
-    let c = store.commit(vec![Write::Set { key: k.clone(), owner: user("alice"), data: json!({"x": 1}) }]).await.expect("set");
+    let c = store
+        .commit(vec![Write::Set { key: k.clone(), owner: user("alice"), data: json!({"x": 1}) }])
+        .await
+        .expect("set");
     assert_eq!(c.version(0), Some(3));
     let bad_delete = store.commit(vec![Write::Delete { key: k.clone(), expected_version: Some(2) }]).await;
     assert!(bad_delete.expect_err("stale delete").is_conflict());
-    let deleted = store.commit(vec![Write::Delete { key: k.clone(), expected_version: Some(3) }]).await.expect("delete");
+    let deleted =
+        store.commit(vec![Write::Delete { key: k.clone(), expected_version: Some(3) }]).await.expect("delete");
     assert_eq!(deleted.results, vec![WriteResult::Deleted { existed: true }]);
     assert!(store.get(&Scope::All, &k).await.expect("get").is_none());
 }
@@ -108,7 +116,10 @@ async fn concurrent_appends_leave_no_gap() {
             for round in 0..25u64 {
                 // Several events per transaction, of varying size.
                 let events = (0..=(round % 3)).map(|i| event(writer * 1000 + round * 10 + i)).collect();
-                store.commit(vec![Write::Append { session: session.clone(), owner: user("alice"), events }]).await.expect("append");
+                store
+                    .commit(vec![Write::Append { session: session.clone(), owner: user("alice"), events }])
+                    .await
+                    .expect("append");
             }
         }));
     }
@@ -131,7 +142,10 @@ async fn watch_streams_existing_then_new_events_in_order() {
     let session = SessionId::parse("s1").expect("id");
     let other = SessionId::parse("s2").expect("id");
     for n in 1..=3 {
-        store.commit(vec![Write::Append { session: session.clone(), owner: user("alice"), events: vec![event(n)] }]).await.expect("append");
+        store
+            .commit(vec![Write::Append { session: session.clone(), owner: user("alice"), events: vec![event(n)] }])
+            .await
+            .expect("append");
     }
     // Resume after seq 1: the watcher gets 2, 3, then whatever comes next.
     let mut watch = store.watch(Scope::Owner(user("alice")), session.clone(), 1);
@@ -139,8 +153,18 @@ async fn watch_streams_existing_then_new_events_in_order() {
     let (s, o) = (session.clone(), other.clone());
     let appender = tokio::spawn(async move {
         for n in 4..=60 {
-            writer.commit(vec![Write::Append { session: o.clone(), owner: user("alice"), events: vec![event(n)] }]).await.expect("other");
-            writer.commit(vec![Write::Append { session: s.clone(), owner: user("alice"), events: vec![event(n), event(n)] }]).await.expect("append");
+            writer
+                .commit(vec![Write::Append { session: o.clone(), owner: user("alice"), events: vec![event(n)] }])
+                .await
+                .expect("other");
+            writer
+                .commit(vec![Write::Append {
+                    session: s.clone(),
+                    owner: user("alice"),
+                    events: vec![event(n), event(n)],
+                }])
+                .await
+                .expect("append");
         }
     });
     let mut seqs = Vec::new();
@@ -177,14 +201,21 @@ async fn scope_hides_other_owners_documents() {
 async fn queries_filter_order_and_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    for (id, state, n, live) in [("d1", "live", 3, true), ("d2", "failed", 1, false), ("d3", "live", 2, true), ("d4", "live", 5, true)] {
+    for (id, state, n, live) in
+        [("d1", "live", 3, true), ("d2", "failed", 1, false), ("d3", "live", 2, true), ("d4", "live", 5, true)]
+    {
         store
-            .create(key("deployments", id), user("alice"), &json!({"state": state, "n": n, "live": live, "source": {"kind": "git"}}))
+            .create(
+                key("deployments", id),
+                user("alice"),
+                &json!({"state": state, "n": n, "live": live, "source": {"kind": "git"}}),
+            )
             .await
             .expect("create");
     }
     let q = Query::collection("deployments").filter("state", "live").order_by("n", Order::Descending).limit(2);
-    let ids: Vec<String> = store.query(&Scope::All, &q).await.expect("query").iter().map(|d| d.key.id().to_owned()).collect();
+    let ids: Vec<String> =
+        store.query(&Scope::All, &q).await.expect("query").iter().map(|d| d.key.id().to_owned()).collect();
     assert_eq!(ids, ["d4", "d1"]);
     let by_bool = Query::collection("deployments").filter("live", false);
     assert_eq!(store.query(&Scope::All, &by_bool).await.expect("query").len(), 1);
@@ -203,7 +234,11 @@ async fn everything_survives_a_restart() {
         store.create(key("users", "alice"), user("alice"), &json!({"name": "Alice"})).await.expect("create");
         store.update(key("users", "alice"), 1, &json!({"name": "Alice A."})).await.expect("update");
         store
-            .commit(vec![Write::Append { session: session.clone(), owner: user("alice"), events: vec![event(1), event(2)] }])
+            .commit(vec![Write::Append {
+                session: session.clone(),
+                owner: user("alice"),
+                events: vec![event(1), event(2)],
+            }])
             .await
             .expect("append");
         // Dropped without any shutdown call.
@@ -211,7 +246,10 @@ async fn everything_survives_a_restart() {
     let store = open(dir.path());
     let doc = store.get(&Scope::All, &key("users", "alice")).await.expect("get").expect("kept");
     assert_eq!((doc.version, doc.data["name"].as_str()), (2, Some("Alice A.")));
-    let c = store.commit(vec![Write::Append { session: session.clone(), owner: user("alice"), events: vec![event(3)] }]).await.expect("append");
+    let c = store
+        .commit(vec![Write::Append { session: session.clone(), owner: user("alice"), events: vec![event(3)] }])
+        .await
+        .expect("append");
     assert_eq!(c.results, vec![WriteResult::Appended { first_seq: 3, last_seq: 3 }], "numbering continues");
 }
 
@@ -225,7 +263,11 @@ fn keys_and_empty_appends_are_validated() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         let err = store
-            .commit(vec![Write::Append { session: SessionId::parse("s").expect("id"), owner: user("a"), events: vec![] }])
+            .commit(vec![Write::Append {
+                session: SessionId::parse("s").expect("id"),
+                owner: user("a"),
+                events: vec![],
+            }])
             .await
             .expect_err("empty append");
         assert!(matches!(err, StoreError::Invalid(_)));
