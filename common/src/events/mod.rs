@@ -87,6 +87,23 @@ pub trait EventPayload: Serialize + DeserializeOwned + Send + Sync + fmt::Debug 
     }
 }
 
+/// Events about one deployment: the subject is its document, and a deployment's events are
+/// delivered in order (ordering key = its id).
+macro_rules! deployment_event {
+    ($payload:ty, $event_type:literal, $topic:expr) => {
+        impl EventPayload for $payload {
+            const TYPE: &'static str = $event_type;
+            const TOPIC: Topic = $topic;
+            fn subject(&self) -> String {
+                format!("deployments/{}", self.deployment_id)
+            }
+            fn ordering_key(&self) -> Option<String> {
+                Some(self.deployment_id.to_string())
+            }
+        }
+    };
+}
+
 /// A user's chat message, forwarded by the relay or the API to the chat function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,16 +136,7 @@ pub struct DeploymentRequested {
     pub session_id: SessionId,
 }
 
-impl EventPayload for DeploymentRequested {
-    const TYPE: &'static str = "dev.devgem.deployment.requested.v1";
-    const TOPIC: Topic = Topic::Deployments;
-    fn subject(&self) -> String {
-        format!("deployments/{}", self.deployment_id)
-    }
-    fn ordering_key(&self) -> Option<String> {
-        Some(self.deployment_id.to_string())
-    }
-}
+deployment_event!(DeploymentRequested, "dev.devgem.deployment.requested.v1", Topic::Deployments);
 
 /// The analysis and Dockerfile are stored with the deployment; build it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,16 +147,7 @@ pub struct BuildRequested {
     pub session_id: SessionId,
 }
 
-impl EventPayload for BuildRequested {
-    const TYPE: &'static str = "dev.devgem.build.requested.v1";
-    const TOPIC: Topic = Topic::Builds;
-    fn subject(&self) -> String {
-        format!("deployments/{}", self.deployment_id)
-    }
-    fn ordering_key(&self) -> Option<String> {
-        Some(self.deployment_id.to_string())
-    }
-}
+deployment_event!(BuildRequested, "dev.devgem.build.requested.v1", Topic::Builds);
 
 /// The image is built; create a revision from it and verify it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,16 +161,7 @@ pub struct ReleaseRequested {
     pub image: String,
 }
 
-impl EventPayload for ReleaseRequested {
-    const TYPE: &'static str = "dev.devgem.release.requested.v1";
-    const TOPIC: Topic = Topic::Releases;
-    fn subject(&self) -> String {
-        format!("deployments/{}", self.deployment_id)
-    }
-    fn ordering_key(&self) -> Option<String> {
-        Some(self.deployment_id.to_string())
-    }
-}
+deployment_event!(ReleaseRequested, "dev.devgem.release.requested.v1", Topic::Releases);
 
 /// The user asked to stop a deployment; every stage honours it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,16 +175,7 @@ pub struct DeploymentAbort {
     pub reason: Option<String>,
 }
 
-impl EventPayload for DeploymentAbort {
-    const TYPE: &'static str = "dev.devgem.deployment.abort.v1";
-    const TOPIC: Topic = Topic::Control;
-    fn subject(&self) -> String {
-        format!("deployments/{}", self.deployment_id)
-    }
-    fn ordering_key(&self) -> Option<String> {
-        Some(self.deployment_id.to_string())
-    }
-}
+deployment_event!(DeploymentAbort, "dev.devgem.deployment.abort.v1", Topic::Control);
 
 /// Move a service's traffic back to an earlier revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
