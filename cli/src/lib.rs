@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`Cli`] / [`run`]: argument parsing and dispatch.
+//! - [`analyze`]: `devgem analyze`, the analyzer on a directory or a clone.
 //! - [`embedded`]: opening the embedded adapters on a data dir (the wiring of `devgem up`).
 //! - [`functions`]: the function routers by name, for `serve` and `up`.
 //! - [`up`]: `devgem up`, all functions in one process behind one listener.
@@ -9,6 +10,7 @@
 //! - [`token`]: `devgem token create <user>`.
 //! - [`telemetry`]: logs, human-readable or Cloud Logging JSON.
 
+pub mod analyze;
 pub mod embedded;
 pub mod functions;
 pub mod serve;
@@ -47,6 +49,14 @@ pub enum Command {
         #[arg(long, env = "PORT", default_value_t = 8080)]
         port: u16,
     },
+    /// Analyze a repository: language, framework, port, start command, env vars, packages.
+    Analyze {
+        /// A local directory or an https git URL.
+        target: String,
+        /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -75,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = up::UpOptions { data_dir: cli.data_dir, host, port, preset_token: up::preset_token()? };
             up::run(options, devgem_common::serve::termination_signal()).await
         }
+        Command::Analyze { target, json } => analyze::run(&target, json).await,
         Command::Serve { function, port } => serve::run(function, &cli.data_dir, port).await,
         Command::Token { command: TokenCommand::Create { user, name, server } } => {
             let token = token::create(&cli.data_dir, &user, name.as_deref(), server.as_deref()).await?;

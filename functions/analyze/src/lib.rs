@@ -1,7 +1,9 @@
-//! The `analyze` function: repo access, detection, Dockerfile, env plan and security scan (stages 1-5).
-//!
-//! Today its router answers the `/healthz` probe; its event handlers arrive with their issue
-//! (see README.md), mounted on the routes named there.
+//! The `analyze` function: repo access, detection, Dockerfile, env plan and security scan
+//! (pipeline stages 1-5). Today it holds the analyzer library ([`analyzer`]) that the function,
+//! the CLI (`devgem analyze`) and the pipeline share; its event handlers arrive with the pipeline
+//! issue (see README.md).
+
+pub mod analyzer;
 
 use axum::Router;
 use devgem_common::function::health_router;

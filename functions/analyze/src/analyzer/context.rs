@@ -1,0 +1,103 @@
+//! What a detector works with: the repository seen from one service's directory, and where it
+//! records evidence, warnings and system packages.
+
+use super::model::{Evidence, Language};
+use super::repo::{Repo, is_non_runtime, join};
+use regex::Regex;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::LazyLock;
+
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    pub repo: &'a Repo,
+    /// The service directory, `""` for the repository root.
+    dir: String,
+    /// Other services' directories inside this one, whose files are not this service's.
+    excluded: Vec<String>,
+    pub evidence: Vec<Evidence>,
+    pub system_packages: BTreeSet<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(repo: &'a Repo, app_dir: &str, excluded: Vec<String>) -> Self {
+        let dir = if app_dir == "." { String::new() } else { app_dir.to_owned() };
+        Self { repo, dir, excluded, evidence: Vec::new(), system_packages: BTreeSet::new() }
+    }
+
+    /// A service-relative path as a repository-relative one.
+    pub fn path(&self, rel: &str) -> String {
+        join(&self.dir, rel)
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        self.repo.exists(&self.path(rel))
+    }
+
+    pub fn read(&self, rel: &str) -> Option<Rc<str>> {
+        self.repo.read(&self.path(rel))
+    }
+
+    fn relative<'f>(&self, path: &'f str) -> &'f str {
+        if self.dir.is_empty() { path } else { &path[self.dir.len() + 1..] }
+    }
+
+    fn owned(&self, path: &str) -> bool {
+        !self.excluded.iter().any(|e| path.starts_with(e.as_str()) && path[e.len()..].starts_with('/'))
+    }
+
+    /// Names of the files directly in the service directory.
+    pub fn top_level_files(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.repo.files_under(&self.dir).map(|f| self.relative(&f.path)).filter(|rel| !rel.contains('/'))
+    }
+
+    /// Service-relative paths of the service's own runtime files (no tests, CI, tooling).
+    pub fn runtime_files(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.repo
+            .files_under(&self.dir)
+            .filter(|f| self.owned(&f.path))
+            .map(|f| self.relative(&f.path))
+            .filter(|rel| !is_non_runtime(rel))
+    }
+
+    /// Records why a field has its value. `rel` is service-relative (`""` for the directory).
+    pub fn note(&mut self, field: &str, rel: &str, line: Option<usize>, reason: &str) {
+        let path = if rel.is_empty() { if self.dir.is_empty() { ".".to_owned() } else { self.dir.clone() } } else { self.path(rel) };
+        self.evidence.push(Evidence { field: field.to_owned(), path, line, reason: reason.to_owned() });
+    }
+
+    pub fn warn(&self, message: String) {
+        self.repo.warn(message);
+    }
+
+    pub fn add_system_packages(&mut self, ecosystem: Language, dependency: &str) {
+        for row in super::system_packages::lookup(ecosystem, dependency) {
+            self.system_packages.extend(row.packages.iter().map(|p| (*p).to_owned()));
+            self.evidence.push(Evidence {
+                field: "system_packages".to_owned(),
+                path: if self.dir.is_empty() { ".".to_owned() } else { self.dir.clone() },
+                line: None,
+                reason: format!("{}: {}", row.dependency, row.reason),
+            });
+        }
+    }
+}
+
+/// The first version number in a constraint: `>=3.10,<4` → `3.10`, `^20.1` → `20.1`, `v18` → `18`.
+pub fn first_version(constraint: &str) -> Option<String> {
+    static VERSION: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+(?:\.\d+){0,2}").expect("valid regex"));
+    VERSION.find(constraint).map(|m| m.as_str().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_constraints() {
+        assert_eq!(first_version(">=3.10,<4").as_deref(), Some("3.10"));
+        assert_eq!(first_version("^3.11").as_deref(), Some("3.11"));
+        assert_eq!(first_version("v20.11.1").as_deref(), Some("20.11.1"));
+        assert_eq!(first_version("lts/*"), None);
+    }
+}

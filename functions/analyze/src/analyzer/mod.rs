@@ -1,0 +1,212 @@
+//! The repository analyzer: reads a repository (never runs it) and says how to run each
+//! deployable service in a container. Rules-based and deterministic; the contract is
+//! docs/analyzer.md.
+//!
+//! # Layout
+//! - [`repo`]: the bounded, read-only view of the files.
+//! - [`context`]: one service's view, where detectors record evidence.
+//! - [`python`], [`node`]: language detectors (framework, package manager, port, commands).
+//! - [`deploy_config`]: the repo's own Dockerfile and Procfile, which win over conventions.
+//! - [`env`]: env vars the runtime code reads. [`system_packages`]: native libraries.
+//! - [`model`]: the output.
+
+pub mod context;
+pub mod deploy_config;
+pub mod env;
+pub mod model;
+pub mod node;
+pub mod python;
+pub mod repo;
+pub mod system_packages;
+
+use context::Ctx;
+use model::{Analysis, Evidence, Framework, Language, Service};
+use repo::{Limits, Repo, is_non_runtime, join};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error(transparent)]
+    Repo(#[from] repo::RepoError),
+}
+
+/// Files whose presence makes a directory a candidate service.
+const MANIFESTS: &[&str] = &[
+    "package.json", "deno.json", "requirements.txt", "pyproject.toml", "Pipfile", "manage.py", "go.mod", "pom.xml",
+    "build.gradle", "build.gradle.kts", "Gemfile", "composer.json", "Cargo.toml", "mix.exs", "Dockerfile",
+];
+
+/// Directories (relative) that might hold a service: the root and every folder with a manifest,
+/// outside test/docs/tooling folders, at most 3 levels deep.
+fn candidate_dirs(repo: &Repo) -> Vec<String> {
+    let mut dirs: Vec<String> = vec![String::new()];
+    for file in repo.files() {
+        let Some((dir, name)) = file.path.rsplit_once('/') else { continue };
+        if dir.matches('/').count() >= 3 || is_non_runtime(&format!("{dir}/x")) {
+            continue;
+        }
+        if (MANIFESTS.contains(&name) || name.ends_with(".csproj")) && !dirs.iter().any(|d| d == dir) {
+            dirs.push(dir.to_owned());
+        }
+    }
+    dirs
+}
+
+/// Analyzes one directory as a service. `None` when nothing there is deployable.
+fn analyze_service(repo: &Repo, dir: &str, excluded: Vec<String>) -> Option<(Service, Vec<Evidence>)> {
+    let app_dir = if dir.is_empty() { ".".to_owned() } else { dir.to_owned() };
+    let mut ctx = Ctx::new(repo, &app_dir, excluded.clone());
+    let mut service = Service::empty(&app_dir);
+    if node::applies(&ctx) {
+        node::detect(&mut ctx, &mut service);
+    } else if python::applies(&ctx) {
+        python::detect(&mut ctx, &mut service);
+    } else if ctx.exists("index.html") {
+        service.language = Some(Language::Static);
+        ctx.note("language", "index.html", None, "a static site: index.html and no server manifest");
+    }
+    apply_deploy_config(&mut ctx, &mut service);
+    if service.language.is_none() && !service.has_dockerfile {
+        return None;
+    }
+    service.env_vars = env::scan(repo, &app_dir, &excluded);
+    service.system_packages = ctx.system_packages.iter().cloned().collect();
+    Some((service, ctx.evidence))
+}
+
+/// The repository's own Dockerfile and Procfile win over conventions.
+fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service) {
+    let mut port_from_config = false;
+    if let Some(text) = ctx.read("Dockerfile") {
+        service.has_dockerfile = true;
+        let facts = deploy_config::read_dockerfile(&text);
+        if service.runtime_version.is_none()
+            && let Some(version) = facts.base_image.as_deref().and_then(|image| runtime_version_of_image(image, service.language))
+        {
+            ctx.note("runtime_version", "Dockerfile", None, "the base image's tag");
+            service.runtime_version = Some(version);
+        }
+        if let Some((command, line)) = facts.start_command {
+            ctx.note("start_command", "Dockerfile", Some(line), "the Dockerfile's CMD/ENTRYPOINT");
+            if let Some(port) = deploy_config::port_in_command(&command) {
+                service.port = Some(port);
+                port_from_config = true;
+            } else if deploy_config::uses_port_env(&command) {
+                service.honours_port = true;
+            }
+            service.start_command = Some(command);
+        }
+        if !port_from_config && let Some((port, line)) = facts.exposed_port.or(facts.env_port) {
+            ctx.note("port", "Dockerfile", Some(line), "the Dockerfile exposes it");
+            service.port = Some(port);
+            port_from_config = true;
+        }
+    } else if ctx.exists("Dockerfile") {
+        service.has_dockerfile = true;
+    }
+    if service.has_dockerfile {
+        return;
+    }
+    if let Some((command, line)) = ctx.read("Procfile").and_then(|t| deploy_config::procfile_web(&t)) {
+        ctx.note("start_command", "Procfile", Some(line), "the Procfile's web process");
+        if let Some(port) = deploy_config::port_in_command(&command) {
+            service.port = Some(port);
+            service.honours_port = false;
+        } else if deploy_config::uses_port_env(&command) {
+            service.port = Some(8080);
+            service.honours_port = true;
+        }
+        service.start_command = Some(command);
+    }
+    let _ = port_from_config;
+}
+
+/// The language version a base image names: `python:3.12-slim` → `3.12`, `node:20-alpine` → `20`.
+fn runtime_version_of_image(image: &str, language: Option<Language>) -> Option<String> {
+    let (name, tag) = image.rsplit_once(':')?;
+    let name = name.rsplit('/').next().unwrap_or(name);
+    let expected: &[&str] = match language? {
+        Language::Python => &["python"],
+        Language::Javascript | Language::Typescript => &["node", "bun"],
+        Language::Go => &["golang", "go"],
+        Language::Java | Language::Kotlin => &["eclipse-temurin", "openjdk", "amazoncorretto", "maven", "gradle"],
+        Language::Ruby => &["ruby"],
+        Language::Php => &["php"],
+        Language::Rust => &["rust"],
+        Language::Csharp => &["aspnet", "sdk", "runtime"],
+        Language::Elixir => &["elixir"],
+        Language::Static => &[],
+    };
+    if !expected.contains(&name) {
+        return None;
+    }
+    context::first_version(tag)
+}
+
+/// Whether a service is something to deploy rather than a library or tooling package.
+fn deployable(service: &Service) -> bool {
+    service.has_dockerfile
+        || service.start_command.is_some()
+        || service.language == Some(Language::Static)
+        || matches!(service.framework, Some(Framework::Vite | Framework::Angular | Framework::Gatsby | Framework::Astro))
+}
+
+const PRIMARY_NAMES: &[&str] = &["web", "api", "app", "server", "frontend", "backend"];
+
+fn confidence(service: &Service) -> f32 {
+    let Some(language) = service.language else { return 0.0 };
+    let mut score: f32 = 0.4;
+    if service.framework.is_some() || matches!(language, Language::Static) {
+        score += 0.3;
+    }
+    if service.start_command.is_some() || matches!(language, Language::Static | Language::Php) || !deployable(service) {
+        score += 0.2;
+    }
+    if service.port.is_some() || matches!(language, Language::Static | Language::Php) {
+        score += 0.1;
+    }
+    score.min(1.0)
+}
+
+/// Analyzes the repository at `root`.
+pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError> {
+    let repo = Repo::scan(root, limits)?;
+    let dirs = candidate_dirs(&repo);
+    let mut services: Vec<(Service, Vec<Evidence>)> = Vec::new();
+    for dir in &dirs {
+        let nested: Vec<String> =
+            dirs.iter().filter(|d| !d.is_empty() && (dir.is_empty() || d.starts_with(&format!("{dir}/")))).cloned().collect();
+        if let Some(found) = analyze_service(&repo, dir, nested) {
+            services.push(found);
+        }
+    }
+    let deployable_count = services.iter().filter(|(s, _)| deployable(s)).count();
+    // A root that only groups workspaces is not a service when its members are.
+    if deployable_count > 0 {
+        services.retain(|(s, _)| deployable(s));
+    }
+    let primary_index = services
+        .iter()
+        .position(|(s, _)| s.app_dir == ".")
+        .or_else(|| {
+            PRIMARY_NAMES.iter().find_map(|name| {
+                services.iter().position(|(s, _)| s.app_dir.rsplit('/').next() == Some(*name))
+            })
+        })
+        .unwrap_or(0);
+    let warnings = repo.take_warnings();
+    if services.is_empty() {
+        let mut warnings = warnings;
+        warnings.push("no deployable app found: no known manifest, source or index.html".to_owned());
+        return Ok(Analysis { primary: Service::empty("."), services: Vec::new(), confidence: 0.0, evidence: Vec::new(), warnings });
+    }
+    let (primary, evidence) = services[primary_index].clone();
+    let confidence = confidence(&primary);
+    let services = if services.len() > 1 { services.into_iter().map(|(s, _)| s).collect() } else { Vec::new() };
+    Ok(Analysis { primary, services, confidence, evidence, warnings })
+}
+
+/// Repository-relative path helper re-exported for detectors' tests.
+pub fn service_path(dir: &str, rel: &str) -> String {
+    join(dir, rel)
+}
