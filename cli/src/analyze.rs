@@ -76,8 +76,16 @@ fn service_lines(out: &mut String, s: &Service) {
     let _ = writeln!(out, "  Start command:   {}", or_dash(s.start_command.as_deref()));
     let _ = writeln!(out, "  Build command:   {}", or_dash(s.build_command.as_deref()));
     let honours = if s.honours_port { "reads $PORT" } else { "fixed" };
-    let _ = writeln!(out, "  Port:            {}", s.port.map_or_else(|| "chosen by the deployer".to_owned(), |p| format!("{p} ({honours})")));
-    let _ = writeln!(out, "  Dockerfile:      {}", if s.has_dockerfile { "the repo's own" } else { "none (DevGem writes one)" });
+    let _ = writeln!(
+        out,
+        "  Port:            {}",
+        s.port.map_or_else(|| "chosen by the deployer".to_owned(), |p| format!("{p} ({honours})"))
+    );
+    let _ = writeln!(
+        out,
+        "  Dockerfile:      {}",
+        if s.has_dockerfile { "the repo's own" } else { "none (DevGem writes one)" }
+    );
     if !s.system_packages.is_empty() {
         let _ = writeln!(out, "  System packages: {}", s.system_packages.join(", "));
     }

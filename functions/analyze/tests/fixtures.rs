@@ -33,8 +33,13 @@ fn compare(prefix: &str, expected: &Value, actual: &Value, out: &mut Vec<String>
         let got = actual.get(field).unwrap_or(&Value::Null);
         match field.as_str() {
             "warnings_contain" => {
-                let warnings: Vec<&str> =
-                    actual.get("warnings").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+                let warnings: Vec<&str> = actual
+                    .get("warnings")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
                 for needle in want.as_array().into_iter().flatten().filter_map(Value::as_str) {
                     if !warnings.iter().any(|w| w.contains(needle)) {
                         out.push(format!("{prefix}warnings: none contains {needle:?} (got {warnings:?})"));
@@ -55,12 +60,16 @@ fn compare(prefix: &str, expected: &Value, actual: &Value, out: &mut Vec<String>
                 let wanted = want.as_array().cloned().unwrap_or_default();
                 if wanted.len() != actual_services.len() {
                     let dirs: Vec<&str> = actual_services.iter().filter_map(|s| s["app_dir"].as_str()).collect();
-                    out.push(format!("{prefix}services: want {} services, got {} {dirs:?}", wanted.len(), actual_services.len()));
+                    out.push(format!(
+                        "{prefix}services: want {} services, got {} {dirs:?}",
+                        wanted.len(),
+                        actual_services.len()
+                    ));
                 }
                 for service in &wanted {
                     let dir = service["app_dir"].as_str().unwrap_or("?");
                     match actual_services.iter().find(|s| s["app_dir"].as_str() == Some(dir)) {
-                        Some(found) => compare(&format!("{prefix}services[{dir}].") , service, found, out),
+                        Some(found) => compare(&format!("{prefix}services[{dir}]."), service, found, out),
                         None => out.push(format!("{prefix}services: no service at {dir}")),
                     }
                 }
@@ -97,7 +106,10 @@ fn compare_env(prefix: &str, want: &Value, got: &Value, out: &mut Vec<String>) {
             if let Some(w) = expected.get(field)
                 && actual.get(field) != Some(w)
             {
-                out.push(format!("{prefix}env_vars[{name}].{field}: want {w}, got {}", actual.get(field).unwrap_or(&Value::Null)));
+                out.push(format!(
+                    "{prefix}env_vars[{name}].{field}: want {w}, got {}",
+                    actual.get(field).unwrap_or(&Value::Null)
+                ));
             }
         }
     }

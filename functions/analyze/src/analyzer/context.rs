@@ -62,7 +62,11 @@ impl<'a> Ctx<'a> {
 
     /// Records why a field has its value. `rel` is service-relative (`""` for the directory).
     pub fn note(&mut self, field: &str, rel: &str, line: Option<usize>, reason: &str) {
-        let path = if rel.is_empty() { if self.dir.is_empty() { ".".to_owned() } else { self.dir.clone() } } else { self.path(rel) };
+        let path = if rel.is_empty() {
+            if self.dir.is_empty() { ".".to_owned() } else { self.dir.clone() }
+        } else {
+            self.path(rel)
+        };
         self.evidence.push(Evidence { field: field.to_owned(), path, line, reason: reason.to_owned() });
     }
 
@@ -80,6 +84,33 @@ impl<'a> Ctx<'a> {
                 reason: format!("{}: {}", row.dependency, row.reason),
             });
         }
+    }
+}
+
+/// A match of a pattern in the service's runtime files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Service-relative file.
+    pub file: String,
+    pub line: usize,
+    /// The first capture group that matched, if the pattern has groups.
+    pub value: Option<String>,
+}
+
+impl Ctx<'_> {
+    /// The first match of `pattern` in the runtime files with one of `extensions`, in path order.
+    pub fn find(&self, extensions: &[&str], pattern: &Regex) -> Option<Found> {
+        let files: Vec<&str> = self.runtime_files().filter(|f| extensions.iter().any(|e| f.ends_with(e))).collect();
+        files.into_iter().find_map(|file| {
+            let text = self.read(file)?;
+            let caps = pattern.captures(&text)?;
+            let start = caps.get(0).map_or(0, |m| m.start());
+            Some(Found {
+                file: file.to_owned(),
+                line: text[..start].bytes().filter(|b| *b == b'\n').count() + 1,
+                value: caps.iter().skip(1).flatten().next().map(|m| m.as_str().to_owned()),
+            })
+        })
     }
 }
 

@@ -39,7 +39,11 @@ struct Pattern {
 }
 
 fn pattern(re: &str) -> Pattern {
-    Pattern { regex: Regex::new(re).expect("valid env pattern"), required_without_fallback: true, literal_fallback: false }
+    Pattern {
+        regex: Regex::new(re).expect("valid env pattern"),
+        required_without_fallback: true,
+        literal_fallback: false,
+    }
 }
 
 /// What follows a read as a fallback: `|| x`, `?? x`, `.unwrap_or("x")`, `or "x"`.
@@ -54,7 +58,9 @@ static PYTHON: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         pattern(r#"\b(?:os\.)?environ\.get\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']\s*(?:,\s*([^)]+?))?\s*\)"#),
         pattern(r#"\bos\.getenv\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']\s*(?:,\s*([^)]+?))?\s*\)"#),
         pattern(r#"\bconfig\(\s*["']([A-Z_][A-Z0-9_]*)["']\s*(?:,\s*default\s*=\s*([^,)]+))?"#),
-        pattern(r#"\benv(?:\.(?:str|int|bool|float|list|url|db))?\(\s*["']([A-Z_][A-Z0-9_]*)["']\s*(?:,\s*default\s*=\s*([^,)]+))?"#),
+        pattern(
+            r#"\benv(?:\.(?:str|int|bool|float|list|url|db))?\(\s*["']([A-Z_][A-Z0-9_]*)["']\s*(?:,\s*default\s*=\s*([^,)]+))?"#,
+        ),
     ]
 });
 
@@ -165,8 +171,9 @@ fn classify_fallback(expr: &str) -> Fallback {
         return Fallback::Literal(s);
     }
     // `String::from("x")`, `"x".to_string()`, `str("x")`, `int("8000")`
-    static WRAPPED: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r#"^(?:[\w:]+\()?\s*(["'])([^"']*)["']\s*\)?(?:\.\w+\(\))?$"#).expect("valid regex"));
+    static WRAPPED: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"^(?:[\w:]+\()?\s*(["'])([^"']*)["']\s*\)?(?:\.\w+\(\))?$"#).expect("valid regex")
+    });
     if let Some(c) = WRAPPED.captures(expr) {
         return Fallback::Literal(c[2].to_owned());
     }
@@ -222,7 +229,10 @@ fn scan_js_destructuring(path: &str, text: &str, reads: &mut Vec<Read>) {
                 None => (item, None),
             };
             let name = binding.split(':').next().unwrap_or("").trim();
-            if name.is_empty() || name.starts_with("...") || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if name.is_empty()
+                || name.starts_with("...")
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
                 continue;
             }
             reads.push(Read {
@@ -433,7 +443,10 @@ mod tests {
 
     #[test]
     fn other_languages() {
-        assert_eq!(summary(&reads_of("main.go", "x := os.Getenv(\"REDIS_URL\")")), vec![("REDIS_URL".into(), true, None)]);
+        assert_eq!(
+            summary(&reads_of("main.go", "x := os.Getenv(\"REDIS_URL\")")),
+            vec![("REDIS_URL".into(), true, None)]
+        );
         assert_eq!(
             summary(&reads_of("src/main.rs", "let p = std::env::var(\"APP_MODE\").unwrap_or(\"dev\".to_string());")),
             vec![("APP_MODE".into(), false, Some("dev".into()))]
@@ -443,18 +456,33 @@ mod tests {
             vec![("APP_KEY".into(), true, None), ("APP_NAME".into(), false, Some("Laravel".into()))]
         );
         assert_eq!(
-            summary(&reads_of("src/main/resources/application.properties", "spring.datasource.url=${DATABASE_URL}\nserver.port=${PORT:8080}\nx=${MODE:prod}")),
+            summary(&reads_of(
+                "src/main/resources/application.properties",
+                "spring.datasource.url=${DATABASE_URL}\nserver.port=${PORT:8080}\nx=${MODE:prod}"
+            )),
             vec![("DATABASE_URL".into(), true, None), ("MODE".into(), false, Some("prod".into()))]
         );
         assert_eq!(
-            summary(&reads_of("config/runtime.exs", "url = System.get_env(\"DATABASE_URL\") || raise \"x\"\nhost = System.get_env(\"PHX_HOST\", \"example.com\")")),
+            summary(&reads_of(
+                "config/runtime.exs",
+                "url = System.get_env(\"DATABASE_URL\") || raise \"x\"\nhost = System.get_env(\"PHX_HOST\", \"example.com\")"
+            )),
             vec![("DATABASE_URL".into(), true, None), ("PHX_HOST".into(), false, Some("example.com".into()))]
         );
     }
 
     #[test]
     fn secrets() {
-        for s in ["API_KEY", "JWT_SECRET", "GITHUB_TOKEN", "DB_PASSWORD", "DATABASE_URL", "REDIS_URL", "MONGO_URI", "SENTRY_DSN"] {
+        for s in [
+            "API_KEY",
+            "JWT_SECRET",
+            "GITHUB_TOKEN",
+            "DB_PASSWORD",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "MONGO_URI",
+            "SENTRY_DSN",
+        ] {
             assert!(looks_secret(s), "{s}");
         }
         for s in ["DEBUG", "LOG_LEVEL", "PUBLIC_URL", "APP_NAME", "NODE_ENV"] {

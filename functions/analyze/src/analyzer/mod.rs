@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`repo`]: the bounded, read-only view of the files.
 //! - [`context`]: one service's view, where detectors record evidence.
-//! - [`python`], [`node`]: language detectors (framework, package manager, port, commands).
+//! - [`python`], [`node`], [`golang`], [`jvm`], [`others`] (Ruby, PHP, Rust, .NET, Elixir):
+//!   language detectors (framework, package manager, port, commands).
 //! - [`deploy_config`]: the repo's own Dockerfile and Procfile, which win over conventions.
 //! - [`env`]: env vars the runtime code reads. [`system_packages`]: native libraries.
 //! - [`model`]: the output.
@@ -13,8 +14,11 @@
 pub mod context;
 pub mod deploy_config;
 pub mod env;
+pub mod golang;
+pub mod jvm;
 pub mod model;
 pub mod node;
+pub mod others;
 pub mod python;
 pub mod repo;
 pub mod system_packages;
@@ -32,8 +36,21 @@ pub enum AnalyzeError {
 
 /// Files whose presence makes a directory a candidate service.
 const MANIFESTS: &[&str] = &[
-    "package.json", "deno.json", "requirements.txt", "pyproject.toml", "Pipfile", "manage.py", "go.mod", "pom.xml",
-    "build.gradle", "build.gradle.kts", "Gemfile", "composer.json", "Cargo.toml", "mix.exs", "Dockerfile",
+    "package.json",
+    "deno.json",
+    "requirements.txt",
+    "pyproject.toml",
+    "Pipfile",
+    "manage.py",
+    "go.mod",
+    "pom.xml",
+    "build.gradle",
+    "build.gradle.kts",
+    "Gemfile",
+    "composer.json",
+    "Cargo.toml",
+    "mix.exs",
+    "Dockerfile",
 ];
 
 /// Directories (relative) that might hold a service: the root and every folder with a manifest,
@@ -57,10 +74,28 @@ fn analyze_service(repo: &Repo, dir: &str, excluded: Vec<String>) -> Option<(Ser
     let app_dir = if dir.is_empty() { ".".to_owned() } else { dir.to_owned() };
     let mut ctx = Ctx::new(repo, &app_dir, excluded.clone());
     let mut service = Service::empty(&app_dir);
-    if node::applies(&ctx) {
+    // Server-side manifests before package.json: a Rails or Laravel app also has one for its
+    // front-end assets.
+    if golang::applies(&ctx) {
+        golang::detect(&mut ctx, &mut service);
+    } else if jvm::applies(&ctx) {
+        jvm::detect(&mut ctx, &mut service);
+    } else if others::ruby_applies(&ctx) {
+        others::ruby(&mut ctx, &mut service);
+    } else if ctx.exists("composer.json") {
+        others::php(&mut ctx, &mut service);
+    } else if others::rust_applies(&ctx) {
+        others::rust(&mut ctx, &mut service);
+    } else if others::dotnet_applies(&ctx) {
+        others::dotnet(&mut ctx, &mut service);
+    } else if others::elixir_applies(&ctx) {
+        others::elixir(&mut ctx, &mut service);
+    } else if node::applies(&ctx) {
         node::detect(&mut ctx, &mut service);
     } else if python::applies(&ctx) {
         python::detect(&mut ctx, &mut service);
+    } else if others::php_applies(&ctx) {
+        others::php(&mut ctx, &mut service);
     } else if ctx.exists("index.html") {
         service.language = Some(Language::Static);
         ctx.note("language", "index.html", None, "a static site: index.html and no server manifest");
@@ -81,7 +116,8 @@ fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service) {
         service.has_dockerfile = true;
         let facts = deploy_config::read_dockerfile(&text);
         if service.runtime_version.is_none()
-            && let Some(version) = facts.base_image.as_deref().and_then(|image| runtime_version_of_image(image, service.language))
+            && let Some(version) =
+                facts.base_image.as_deref().and_then(|image| runtime_version_of_image(image, service.language))
         {
             ctx.note("runtime_version", "Dockerfile", None, "the base image's tag");
             service.runtime_version = Some(version);
@@ -147,8 +183,11 @@ fn runtime_version_of_image(image: &str, language: Option<Language>) -> Option<S
 fn deployable(service: &Service) -> bool {
     service.has_dockerfile
         || service.start_command.is_some()
-        || service.language == Some(Language::Static)
-        || matches!(service.framework, Some(Framework::Vite | Framework::Angular | Framework::Gatsby | Framework::Astro))
+        || matches!(service.language, Some(Language::Static | Language::Php))
+        || matches!(
+            service.framework,
+            Some(Framework::Vite | Framework::Angular | Framework::Gatsby | Framework::Astro)
+        )
 }
 
 const PRIMARY_NAMES: &[&str] = &["web", "api", "app", "server", "frontend", "backend"];
@@ -174,8 +213,11 @@ pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError
     let dirs = candidate_dirs(&repo);
     let mut services: Vec<(Service, Vec<Evidence>)> = Vec::new();
     for dir in &dirs {
-        let nested: Vec<String> =
-            dirs.iter().filter(|d| !d.is_empty() && (dir.is_empty() || d.starts_with(&format!("{dir}/")))).cloned().collect();
+        let nested: Vec<String> = dirs
+            .iter()
+            .filter(|d| !d.is_empty() && (dir.is_empty() || d.starts_with(&format!("{dir}/"))))
+            .cloned()
+            .collect();
         if let Some(found) = analyze_service(&repo, dir, nested) {
             services.push(found);
         }
@@ -189,16 +231,22 @@ pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError
         .iter()
         .position(|(s, _)| s.app_dir == ".")
         .or_else(|| {
-            PRIMARY_NAMES.iter().find_map(|name| {
-                services.iter().position(|(s, _)| s.app_dir.rsplit('/').next() == Some(*name))
-            })
+            PRIMARY_NAMES
+                .iter()
+                .find_map(|name| services.iter().position(|(s, _)| s.app_dir.rsplit('/').next() == Some(*name)))
         })
         .unwrap_or(0);
     let warnings = repo.take_warnings();
     if services.is_empty() {
         let mut warnings = warnings;
         warnings.push("no deployable app found: no known manifest, source or index.html".to_owned());
-        return Ok(Analysis { primary: Service::empty("."), services: Vec::new(), confidence: 0.0, evidence: Vec::new(), warnings });
+        return Ok(Analysis {
+            primary: Service::empty("."),
+            services: Vec::new(),
+            confidence: 0.0,
+            evidence: Vec::new(),
+            warnings,
+        });
     }
     let (primary, evidence) = services[primary_index].clone();
     let confidence = confidence(&primary);

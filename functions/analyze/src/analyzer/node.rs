@@ -63,11 +63,11 @@ fn runtime_deps(manifest: &Value) -> Vec<String> {
     manifest.get("dependencies").and_then(Value::as_object).map(|d| d.keys().cloned().collect()).unwrap_or_default()
 }
 
-static PORT_FROM_ENV: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"process\.env\.PORT\s*\)?\s*(?:\|\||\?\?)\s*["'`]?(\d{2,5})"#).expect("valid regex")
-});
+static PORT_FROM_ENV: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"process\.env\.PORT\s*\)?\s*(?:\|\||\?\?)\s*["'`]?(\d{2,5})"#).expect("valid regex"));
 static PORT_LITERAL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\.listen\(\s*(\d{2,5})\b|\bport\s*:\s*(\d{2,5})\b|\b(?:const|let|var)\s+PORT\s*=\s*(\d{2,5})\b").expect("valid regex")
+    Regex::new(r"\.listen\(\s*(\d{2,5})\b|\bport\s*:\s*(\d{2,5})\b|\b(?:const|let|var)\s+PORT\s*=\s*(\d{2,5})\b")
+        .expect("valid regex")
 });
 
 fn line_at(text: &str, offset: usize) -> usize {
@@ -76,10 +76,8 @@ fn line_at(text: &str, offset: usize) -> usize {
 
 /// The port the server code picks: (port, honours $PORT, file, line).
 fn port_in_code(ctx: &Ctx<'_>) -> Option<(u16, bool, String, usize)> {
-    let files: Vec<&str> = ctx
-        .runtime_files()
-        .filter(|f| [".js", ".mjs", ".cjs", ".ts", ".mts"].iter().any(|e| f.ends_with(e)))
-        .collect();
+    let files: Vec<&str> =
+        ctx.runtime_files().filter(|f| [".js", ".mjs", ".cjs", ".ts", ".mts"].iter().any(|e| f.ends_with(e))).collect();
     let mut literal = None;
     let mut reads_port = None;
     for file in files {
@@ -112,11 +110,17 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
         Some(text) => match serde_json::from_str(&text) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
-                ctx.warn(format!("{} is not a JSON object; scripts and dependencies were not read", ctx.path("package.json")));
+                ctx.warn(format!(
+                    "{} is not a JSON object; scripts and dependencies were not read",
+                    ctx.path("package.json")
+                ));
                 Value::Null
             }
             Err(e) => {
-                ctx.warn(format!("{} is not valid JSON ({e}); scripts and dependencies were not read", ctx.path("package.json")));
+                ctx.warn(format!(
+                    "{} is not valid JSON ({e}); scripts and dependencies were not read",
+                    ctx.path("package.json")
+                ));
                 Value::Null
             }
         },
@@ -125,7 +129,9 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
     let deno = manifest.is_null() && (ctx.exists("deno.json") || ctx.exists("deno.jsonc"));
     let typescript = ctx.exists("tsconfig.json")
         || deno
-        || ["main", "module"].iter().any(|k| manifest.get(k).and_then(Value::as_str).is_some_and(|m| m.ends_with(".ts")));
+        || ["main", "module"]
+            .iter()
+            .any(|k| manifest.get(k).and_then(Value::as_str).is_some_and(|m| m.ends_with(".ts")));
     service.language = Some(if typescript { Language::Typescript } else { Language::Javascript });
     let pm = if deno { PackageManager::Deno } else { package_manager(ctx, &manifest) };
     service.package_manager = Some(pm);
@@ -174,8 +180,13 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
         ctx.note("start_command", "package.json", None, "builds to static files; the deployer serves them");
     } else {
         service.start_command = if deno {
-            let has_task = ["deno.json", "deno.jsonc"].iter().any(|f| ctx.read(f).is_some_and(|t| t.contains("\"start\"")));
-            Some(if has_task { "deno task start".to_owned() } else { "deno run --allow-net --allow-env main.ts".to_owned() })
+            let has_task =
+                ["deno.json", "deno.jsonc"].iter().any(|f| ctx.read(f).is_some_and(|t| t.contains("\"start\"")));
+            Some(if has_task {
+                "deno task start".to_owned()
+            } else {
+                "deno run --allow-net --allow-env main.ts".to_owned()
+            })
         } else if script("start").is_some() {
             ctx.note("start_command", "package.json", None, "has a start script");
             Some(start_script_command(pm))
@@ -186,8 +197,10 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
             main.map(|m| if pm == PackageManager::Bun { format!("bun run {m}") } else { format!("node {m}") })
         };
         let script_port = script("start").as_deref().and_then(super::deploy_config::port_in_command);
-        let framework_reads_port =
-            matches!(service.framework, Some(Framework::Nextjs | Framework::Nuxt | Framework::Remix | Framework::Sveltekit));
+        let framework_reads_port = matches!(
+            service.framework,
+            Some(Framework::Nextjs | Framework::Nuxt | Framework::Remix | Framework::Sveltekit)
+        );
         if let Some(port) = script_port {
             ctx.note("port", "package.json", None, "the start script sets the port");
             service.port = Some(port);

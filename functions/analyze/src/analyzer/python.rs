@@ -25,7 +25,8 @@ fn requirement_name(line: &str) -> Option<String> {
     if line.is_empty() || line.starts_with('-') || line.contains("://") {
         return None;
     }
-    let end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')).unwrap_or(line.len());
+    let end =
+        line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')).unwrap_or(line.len());
     let name = &line[..end];
     (!name.is_empty()).then(|| super::system_packages::normalize(name))
 }
@@ -47,7 +48,9 @@ fn read_manifests(ctx: &mut Ctx<'_>) -> Manifests {
         .top_level_files()
         .filter(|f| {
             let lower = f.to_ascii_lowercase();
-            lower.starts_with("requirements") && lower.ends_with(".txt") && !["dev", "test", "lint", "doc"].iter().any(|w| lower.contains(w))
+            lower.starts_with("requirements")
+                && lower.ends_with(".txt")
+                && !["dev", "test", "lint", "doc"].iter().any(|w| lower.contains(w))
         })
         .map(str::to_owned)
         .collect();
@@ -76,10 +79,8 @@ fn read_manifests(ctx: &mut Ctx<'_>) -> Manifests {
                     }
                 }
                 let tool = doc.get("tool").and_then(|v| v.as_table());
-                if let Some(poetry_deps) = tool
-                    .and_then(|t| t.get("poetry"))
-                    .and_then(|p| p.get("dependencies"))
-                    .and_then(|d| d.as_table())
+                if let Some(poetry_deps) =
+                    tool.and_then(|t| t.get("poetry")).and_then(|p| p.get("dependencies")).and_then(|d| d.as_table())
                 {
                     poetry = true;
                     for (name, spec) in poetry_deps {
@@ -94,7 +95,11 @@ fn read_manifests(ctx: &mut Ctx<'_>) -> Manifests {
                 }
                 pdm = tool.is_some_and(|t| t.contains_key("pdm"));
             }
-            Err(e) => ctx.warn(format!("{} is not valid TOML ({}); its dependencies were not read", ctx.path("pyproject.toml"), first_line(&e.to_string()))),
+            Err(e) => ctx.warn(format!(
+                "{} is not valid TOML ({}); its dependencies were not read",
+                ctx.path("pyproject.toml"),
+                first_line(&e.to_string())
+            )),
         }
     }
     if let Some(text) = ctx.read("Pipfile") {
@@ -143,10 +148,22 @@ struct AppSite {
 }
 
 static APP_VAR: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?m)^([A-Za-z_][A-Za-z0-9_]*)\s*(?::\s*\w+\s*)?=\s*(Flask|FastAPI|Starlette|Sanic)\(").expect("valid regex")
+    Regex::new(r"(?m)^([A-Za-z_][A-Za-z0-9_]*)\s*(?::\s*\w+\s*)?=\s*(Flask|FastAPI|Starlette|Sanic)\(")
+        .expect("valid regex")
 });
 
-const ENTRY_NAMES: &[&str] = &["app.py", "main.py", "server.py", "application.py", "wsgi.py", "asgi.py", "run.py", "api.py", "streamlit_app.py", "Home.py"];
+const ENTRY_NAMES: &[&str] = &[
+    "app.py",
+    "main.py",
+    "server.py",
+    "application.py",
+    "wsgi.py",
+    "asgi.py",
+    "run.py",
+    "api.py",
+    "streamlit_app.py",
+    "Home.py",
+];
 
 /// Python source files of the service, most likely entry points first: shallow files with
 /// conventional names.
@@ -160,7 +177,11 @@ fn candidate_files(ctx: &Ctx<'_>) -> Vec<String> {
     files
 }
 
-fn find_site(ctx: &Ctx<'_>, files: &[String], test: impl Fn(&str) -> Option<(usize, Option<String>)>) -> Option<AppSite> {
+fn find_site(
+    ctx: &Ctx<'_>,
+    files: &[String],
+    test: impl Fn(&str) -> Option<(usize, Option<String>)>,
+) -> Option<AppSite> {
     files.iter().find_map(|file| {
         let text = ctx.read(file)?;
         test(&text).map(|(line, var)| AppSite { file: file.clone(), line, var })
@@ -177,14 +198,20 @@ fn module_of(file: &str) -> String {
 
 /// A module-level `app = create_app()` (the application-factory pattern).
 static FACTORY_CALL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?m)^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:\w+\.)?(?:create_app|make_app|get_app|build_app|create_application)\(").expect("valid regex")
+    Regex::new(
+        r"(?m)^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:\w+\.)?(?:create_app|make_app|get_app|build_app|create_application)\(",
+    )
+    .expect("valid regex")
 });
 
 /// The module-level variable holding the app: `app = Flask(...)` or `app = create_app()`, in
 /// the most likely entry file first.
 fn constructor_site(ctx: &Ctx<'_>, files: &[String], class: &str) -> Option<AppSite> {
     find_site(ctx, files, |text| {
-        let direct = APP_VAR.captures_iter(text).find(|c| &c[2] == class).map(|c| (c.get(0).map_or(0, |m| m.start()), c[1].to_owned()));
+        let direct = APP_VAR
+            .captures_iter(text)
+            .find(|c| &c[2] == class)
+            .map(|c| (c.get(0).map_or(0, |m| m.start()), c[1].to_owned()));
         let factory = || FACTORY_CALL.captures(text).map(|c| (c.get(0).map_or(0, |m| m.start()), c[1].to_owned()));
         direct.or_else(factory).map(|(at, var)| (line_at(text, at), Some(var)))
     })
@@ -227,7 +254,8 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
     let files = candidate_files(ctx);
     let imports = |module: &str| {
         files.iter().any(|f| {
-            ctx.read(f).is_some_and(|t| t.contains(&format!("import {module}")) || t.contains(&format!("from {module}")))
+            ctx.read(f)
+                .is_some_and(|t| t.contains(&format!("import {module}")) || t.contains(&format!("from {module}")))
         })
     };
     let has = |name: &str| deps.contains(name) || imports(&name.replace('-', "_"));
@@ -248,14 +276,22 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
     .map(|(f, _)| f);
     // aiohttp is also a common HTTP client: count it only when the app serves with it.
     let framework = match framework {
-        Some(Framework::Aiohttp) if import_site(ctx, &files, "web.run_app(").is_none() && import_site(ctx, &files, "web.Application(").is_none() => {
+        Some(Framework::Aiohttp)
+            if import_site(ctx, &files, "web.run_app(").is_none()
+                && import_site(ctx, &files, "web.Application(").is_none() =>
+        {
             None
         }
         other => other,
     };
     service.framework = framework;
     if let Some(f) = framework {
-        ctx.note("framework", "", None, &format!("depends on {}", serde_json::to_string(&f).unwrap_or_default().trim_matches('"')));
+        ctx.note(
+            "framework",
+            "",
+            None,
+            &format!("depends on {}", serde_json::to_string(&f).unwrap_or_default().trim_matches('"')),
+        );
     }
 
     let (start, default_port, site) = match framework {

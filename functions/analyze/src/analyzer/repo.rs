@@ -27,10 +27,44 @@ impl Default for Limits {
 
 /// Directories that hold dependencies, build output or tool state, never the app's source.
 const SKIPPED_DIRS: &[&str] = &[
-    ".git", ".hg", ".svn", "node_modules", "bower_components", "vendor", "target", "dist", "out", ".next", ".nuxt",
-    ".output", ".svelte-kit", ".astro", ".angular", ".turbo", ".cache", ".parcel-cache", ".venv", "venv",
-    "__pycache__", ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".gradle", ".idea", ".vscode",
-    "obj", "_build", "deps", "coverage", ".terraform", ".bundle", "tmp", "log", "storage",
+    ".git",
+    ".hg",
+    ".svn",
+    "node_modules",
+    "bower_components",
+    "vendor",
+    "target",
+    "dist",
+    "out",
+    ".next",
+    ".nuxt",
+    ".output",
+    ".svelte-kit",
+    ".astro",
+    ".angular",
+    ".turbo",
+    ".cache",
+    ".parcel-cache",
+    ".venv",
+    "venv",
+    "__pycache__",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".gradle",
+    ".idea",
+    ".vscode",
+    "obj",
+    "_build",
+    "deps",
+    "coverage",
+    ".terraform",
+    ".bundle",
+    "tmp",
+    "log",
+    "storage",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +126,10 @@ impl Repo {
             }
             for entry in entries {
                 let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    repo.warn(format!("skipped a file whose name is not UTF-8 in {}", if rel.is_empty() { "." } else { &rel }));
+                    repo.warn(format!(
+                        "skipped a file whose name is not UTF-8 in {}",
+                        if rel.is_empty() { "." } else { &rel }
+                    ));
                     continue;
                 };
                 let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
@@ -130,7 +167,10 @@ impl Repo {
         }
         if !skipped_links.is_empty() {
             skipped_links.sort();
-            repo.warn(format!("skipped symlinks pointing outside the repository (never followed): {}", skipped_links.join(", ")));
+            repo.warn(format!(
+                "skipped symlinks pointing outside the repository (never followed): {}",
+                skipped_links.join(", ")
+            ));
         }
         Ok(repo)
     }
@@ -156,7 +196,9 @@ impl Repo {
     /// Files under `dir` (`""` for all), in path order.
     pub fn files_under<'s>(&'s self, dir: &str) -> impl Iterator<Item = &'s FileEntry> + use<'s> {
         let dir = dir.to_owned();
-        self.files.iter().filter(move |f| dir.is_empty() || f.path.starts_with(&dir) && f.path[dir.len()..].starts_with('/'))
+        self.files
+            .iter()
+            .filter(move |f| dir.is_empty() || f.path.starts_with(&dir) && f.path[dir.len()..].starts_with('/'))
     }
 
     /// The text of a file, if it exists, is not binary and fits the budgets. Non-UTF-8 bytes are
@@ -177,7 +219,10 @@ impl Repo {
             return None;
         }
         if self.bytes_read.get() + entry.size > self.limits.max_total_bytes {
-            self.warn_once(format!("read budget of {} bytes reached; some files were not read", self.limits.max_total_bytes));
+            self.warn_once(format!(
+                "read budget of {} bytes reached; some files were not read",
+                self.limits.max_total_bytes
+            ));
             return None;
         }
         let bytes = std::fs::read(self.root.join(rel)).ok()?;
@@ -221,9 +266,30 @@ pub fn is_non_runtime(path: &str) -> bool {
     let segments: Vec<&str> = lower.split('/').collect();
     let (file, dirs) = segments.split_last().map(|(f, d)| (*f, d)).unwrap_or(("", &[]));
     const DIRS: &[&str] = &[
-        "test", "tests", "__tests__", "spec", "specs", "e2e", "cypress", "playwright", ".github", ".gitlab", ".circleci",
-        "scripts", "docs", "doc", "examples", "example", "fixtures", "testdata", "benchmarks", "bench", "migrations",
-        ".storybook", "stories", "tools",
+        "test",
+        "tests",
+        "__tests__",
+        "spec",
+        "specs",
+        "e2e",
+        "cypress",
+        "playwright",
+        ".github",
+        ".gitlab",
+        ".circleci",
+        "scripts",
+        "docs",
+        "doc",
+        "examples",
+        "example",
+        "fixtures",
+        "testdata",
+        "benchmarks",
+        "bench",
+        "migrations",
+        ".storybook",
+        "stories",
+        "tools",
     ];
     if dirs.iter().any(|d| DIRS.contains(d)) {
         return true;
@@ -253,7 +319,8 @@ mod tests {
 
     #[test]
     fn non_runtime_paths() {
-        for p in ["tests/test_app.py", "src/app.test.ts", ".github/workflows/ci.yml", "cmd/x_test.go", "jest.config.js"] {
+        for p in ["tests/test_app.py", "src/app.test.ts", ".github/workflows/ci.yml", "cmd/x_test.go", "jest.config.js"]
+        {
             assert!(is_non_runtime(p), "{p}");
         }
         for p in ["app.py", "src/server.ts", "cmd/server/main.go", "config/settings.py"] {
