@@ -302,15 +302,42 @@ pub fn is_non_runtime(path: &str) -> bool {
         || file.ends_with("_spec.rb")
         || file.ends_with("_test.rb")
         || [".test.", ".spec.", ".stories."].iter().any(|m| file.contains(m))
-        || file.ends_with(".config.js")
-        || file.ends_with(".config.ts")
-        || file.ends_with(".config.mjs")
-        || file.ends_with(".config.cjs")
+        || is_tooling_config(file)
         || file == "gulpfile.js"
         || file == "gruntfile.js"
         || file == "noxfile.py"
         || file == "fabfile.py"
         || file == "setup.py"
+}
+
+/// Configuration of test runners, linters and bundlers (`vite.config.ts`, `jest.config.js`), as
+/// opposed to framework configuration the app loads at run time (`nuxt.config.ts`,
+/// `next.config.js`).
+fn is_tooling_config(file: &str) -> bool {
+    const TOOLS: &[&str] = &[
+        "jest",
+        "vitest",
+        "vite",
+        "playwright",
+        "cypress",
+        "eslint",
+        "prettier",
+        "webpack",
+        "babel",
+        "postcss",
+        "tailwind",
+        "tsup",
+        "rollup",
+        "karma",
+        "commitlint",
+        "lint-staged",
+        "stylelint",
+        "esbuild",
+        "turbo",
+        "metro",
+    ];
+    let Some((stem, _ext)) = file.rsplit_once('.') else { return false };
+    stem.strip_suffix(".config").is_some_and(|tool| TOOLS.contains(&tool))
 }
 
 #[cfg(test)]
@@ -319,6 +346,8 @@ mod tests {
 
     #[test]
     fn non_runtime_paths() {
+        assert!(!is_non_runtime("nuxt.config.ts"), "framework config is loaded at run time");
+        assert!(!is_non_runtime("next.config.js"));
         for p in ["tests/test_app.py", "src/app.test.ts", ".github/workflows/ci.yml", "cmd/x_test.go", "jest.config.js"]
         {
             assert!(is_non_runtime(p), "{p}");
