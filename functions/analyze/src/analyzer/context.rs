@@ -25,6 +25,20 @@ impl<'a> Ctx<'a> {
         Self { repo, dir, excluded, evidence: Vec::new(), system_packages: BTreeSet::new() }
     }
 
+    /// The directories above the service, nearest first, ending with the root (`""`).
+    pub fn ancestors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dir = self.dir.as_str();
+        while let Some((parent, _)) = dir.rsplit_once('/') {
+            out.push(parent.to_owned());
+            dir = parent;
+        }
+        if !self.dir.is_empty() {
+            out.push(String::new());
+        }
+        out
+    }
+
     /// A service-relative path as a repository-relative one.
     pub fn path(&self, rel: &str) -> String {
         join(&self.dir, rel)

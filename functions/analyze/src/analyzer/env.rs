@@ -48,7 +48,7 @@ fn pattern(re: &str) -> Pattern {
 
 /// What follows a read as a fallback: `|| x`, `?? x`, `.unwrap_or("x")`, `or "x"`.
 static TRAILING_FALLBACK: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"^\s*(?:\|\||\?\?|\bor\b|\?:)\s*([^\s;,)\]}]+(?:\s*[^\s;,)\]}]+)?)|^\s*\.unwrap_or(?:_else)?\(\s*(?:\|[^|]*\|\s*)?("[^"]*"|\d+|[^)]*)|^\s*\.unwrap_or_default\(\)"#)
+    Regex::new(r#"^\s*\)?\s*\.orElse(?:Get)?\(\s*([^)]*)|^\s*\{\s*([^}\s][^}]*?)\s*\}|^\s*(?:\|\||\?\?|\bor\b|\?:)\s*([^\s;,)\]}]+(?:[ \t]+[^\s;,)\]}]+)?)|^\s*\.unwrap_or(?:_else)?\(\s*(?:\|[^|]*\|\s*)?("[^"]*"|\d+|[^)]*)|^\s*\.unwrap_or_default\(\)"#)
         .expect("valid regex")
 });
 
@@ -91,8 +91,16 @@ static JVM: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
     ]
 });
 
-static SPRING_CONFIG: LazyLock<Vec<Pattern>> =
-    LazyLock::new(|| vec![Pattern { literal_fallback: true, ..pattern(r#"\$\{([A-Z_][A-Z0-9_]*)(?::([^}]*))?\}"#) }]);
+/// Config files the app loads: Spring/Micronaut/Quarkus `${X:default}`, Symfony `%env(X)%`, and
+/// ERB `ENV[...]` in Rails' YAML.
+static CONFIG_FILES: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
+    vec![
+        Pattern { literal_fallback: true, ..pattern(r#"\$\{([A-Z_][A-Z0-9_]*)(?::([^}]*))?\}"#) },
+        pattern(r#"%env\((?:[a-z]+:)*([A-Z_][A-Z0-9_]*)\)%"#),
+        pattern(r#"\bENV\[\s*["']([A-Za-z_][A-Za-z0-9_]*)["']\s*\]"#),
+        pattern(r#"\bENV\.fetch\(\s*["']([A-Za-z_][A-Za-z0-9_]*)["']\s*(?:,\s*([^)]+?))?\s*\)"#),
+    ]
+});
 
 static RUBY: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
     vec![
@@ -135,8 +143,13 @@ fn patterns_for(path: &str) -> Option<&'static [Pattern]> {
         "js" | "mjs" | "cjs" | "jsx" | "ts" | "mts" | "cts" | "tsx" | "vue" | "svelte" | "astro" => &JAVASCRIPT,
         "go" => &GO,
         "java" | "kt" | "kts" | "scala" | "groovy" => &JVM,
-        "properties" | "yml" | "yaml" if path.contains("src/main/resources/") || file.starts_with("application") => {
-            &SPRING_CONFIG
+        "properties" | "yml" | "yaml"
+            if path.contains("src/main/resources/")
+                || path.starts_with("config/")
+                || path.contains("/config/")
+                || file.starts_with("application") =>
+        {
+            &CONFIG_FILES
         }
         "rb" | "ru" | "rake" => &RUBY,
         "php" => &PHP,
@@ -155,7 +168,10 @@ fn line_of(text: &str, offset: usize) -> usize {
 fn classify_fallback(expr: &str) -> Fallback {
     let expr = expr.trim().trim_end_matches(',').trim();
     // `X || raise "..."`, `?? throw`, `.unwrap_or_else(|_| panic!(..))`: no fallback at all.
-    if ["raise", "throw", "panic", "fail", "abort"].iter().any(|w| expr.starts_with(w) || expr.contains("panic!")) {
+    if ["raise", "throw", "panic", "fail", "abort", "error("]
+        .iter()
+        .any(|w| expr.starts_with(w) || expr.contains("panic!"))
+    {
         return Fallback::None;
     }
     let unquoted = |s: &str| {
@@ -194,7 +210,7 @@ fn scan_text(path: &str, text: &str, patterns: &[Pattern], reads: &mut Vec<Read>
                 Some(expr) if p.literal_fallback => Fallback::Literal(expr.as_str().to_owned()),
                 Some(expr) if !expr.as_str().trim().is_empty() => classify_fallback(expr.as_str()),
                 _ => match TRAILING_FALLBACK.captures(&text[whole.end()..]) {
-                    Some(trailing) => match trailing.get(1).or(trailing.get(2)) {
+                    Some(trailing) => match trailing.iter().skip(1).flatten().next() {
                         Some(expr) => classify_fallback(expr.as_str()),
                         None => Fallback::Other,
                     },
@@ -209,11 +225,39 @@ fn scan_text(path: &str, text: &str, patterns: &[Pattern], reads: &mut Vec<Read>
             });
         }
     }
+    if patterns.as_ptr() == GO.as_ptr() {
+        apply_go_fallbacks(path, text, reads);
+    }
     if patterns.as_ptr() == JAVASCRIPT.as_ptr() {
         scan_js_destructuring(path, text, reads);
     }
     if patterns.as_ptr() == PYTHON.as_ptr() {
         scan_pydantic_settings(path, text, reads);
+    }
+}
+
+/// Go's idiom for a default: `v := os.Getenv("X")` then `if v == "" { v = "lit" }`, or
+/// `v, ok := os.LookupEnv("X")` then `if !ok { v = "lit" }`.
+fn apply_go_fallbacks(path: &str, text: &str, reads: &mut [Read]) {
+    static ASSIGN: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"(\w+)(?:\s*,\s*(\w+))?\s*:?=\s*os\.(?:Getenv|LookupEnv)\(\s*"(\w+)"\s*\)"#).expect("valid regex")
+    });
+    for caps in ASSIGN.captures_iter(text) {
+        let (Some(whole), var, ok, name) = (caps.get(0), &caps[1], caps.get(2).map(|m| m.as_str()), &caps[3]) else {
+            continue;
+        };
+        let after = &text[whole.end()..text.len().min(whole.end() + 300)];
+        let check = match ok {
+            Some(ok) => format!(r#"if\s+!{}\s*\{{\s*{}\s*=\s*"([^"]*)""#, regex::escape(ok), regex::escape(var)),
+            None => format!(r#"if\s+{0}\s*==\s*""\s*\{{\s*{0}\s*=\s*"([^"]*)""#, regex::escape(var)),
+        };
+        let Ok(check) = Regex::new(&check) else { continue };
+        if let Some(default) = check.captures(after) {
+            let source = format!("{path}:{}", line_of(text, whole.start()));
+            for read in reads.iter_mut().filter(|r| r.name == name && r.source == source) {
+                read.fallback = Fallback::Literal(default[1].to_owned());
+            }
+        }
     }
 }
 
@@ -312,7 +356,7 @@ pub fn looks_secret(name: &str) -> bool {
     }
     const STORES: &[&str] = &[
         "DATABASE", "DB", "POSTGRES", "PG", "MYSQL", "MARIADB", "MONGO", "REDIS", "AMQP", "RABBIT", "SENTRY", "BROKER",
-        "CACHE", "ELASTIC", "SQL", "CELERY", "KAFKA", "NATS", "MEMCACHE",
+        "CACHE", "ELASTIC", "SQL", "CELERY", "KAFKA", "NATS", "MEMCACHE", "JDBC",
     ];
     let is_locator = ["_URL", "_DSN", "_URI", "_URLS"].iter().any(|s| upper.ends_with(s)) || upper == "DSN";
     is_locator && STORES.iter().any(|s| upper.split('_').any(|part| part.starts_with(s)))

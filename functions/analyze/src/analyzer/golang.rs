@@ -14,7 +14,8 @@ static MAIN_FUNC: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?m)^package main\b[\s\S]*?^func main\(\)").expect("valid regex"));
 /// `port := os.Getenv("PORT")` followed by `if port == "" { port = "8080" }`.
 static ENV_FALLBACK: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"os\.Getenv\("PORT"\)[\s\S]{0,200}?==\s*""\s*\{\s*\w+\s*=\s*"?:?(\d{2,5})"#).expect("valid regex")
+    Regex::new(r#"os\.(?:Getenv|LookupEnv)\("PORT"\)[\s\S]{0,200}?(?:==\s*""|!\w+)\s*\{\s*\w+\s*=\s*"?:?(\d{2,5})"#)
+        .expect("valid regex")
 });
 static LITERAL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(

@@ -41,6 +41,10 @@ static YAML_PORT: LazyLock<Regex> = LazyLock::new(|| {
 });
 static PLACEHOLDER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^\$\{PORT(?::(\d{2,5}))?\}$").expect("valid regex"));
+/// `System.getenv("PORT")?.toInt() ?: 8080`, `Optional.ofNullable(System.getenv("PORT")).orElse("8080")`.
+static ENV_PORT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"getenv\("PORT"\)\)?[^\n]*?(?:\?:|orElse\(|\?\?)\s*"?(\d{2,5})"#).expect("valid regex")
+});
 static KTOR_PORT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"embeddedServer\([^)]*port\s*=\s*(?:System\.getenv\("PORT"\)\?\.toInt\(\)\s*\?:\s*)?(\d{2,5})"#)
         .expect("valid regex")
@@ -126,7 +130,7 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
     } else if let Some(build) = &gradle {
         service.package_manager = Some(PackageManager::Gradle);
         static TOOLCHAIN: LazyLock<Regex> = LazyLock::new(|| {
-            Regex::new(r"JavaLanguageVersion\.of\(\s*(\d+)\s*\)|JavaVersion\.VERSION_(\d+)|jvmToolchain\(\s*(\d+)\s*\)|sourceCompatibility\s*=\s*['\x22]?(\d+)").expect("valid regex")
+            Regex::new(r"JavaLanguageVersion\.of\(\s*(\d+)\s*\)|JavaVersion\.VERSION_(\d+)|JavaVersion\.toVersion\(\s*['\x22]?(\d+)|jvmToolchain\(\s*(\d+)\s*\)|sourceCompatibility\s*=\s*['\x22]?(\d+)").expect("valid regex")
         });
         service.runtime_version =
             TOOLCHAIN.captures(build).and_then(|c| c.iter().skip(1).flatten().next().map(|m| m.as_str().to_owned()));
@@ -152,6 +156,10 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
     if let Some((port, honours)) = configured_port(ctx) {
         service.port = Some(port);
         service.honours_port = honours;
+    } else if let Some(found) = ctx.find(&[".kt", ".java"], &ENV_PORT) {
+        ctx.note("port", &found.file, Some(found.line), "reads PORT with a fallback");
+        service.port = found.value.and_then(|v| v.parse().ok());
+        service.honours_port = true;
     } else if let Some(found) = ctx.find(&[".kt"], &KTOR_PORT) {
         ctx.note("port", &found.file, Some(found.line), "embeddedServer port");
         service.port = found.value.and_then(|v| v.parse().ok());

@@ -25,7 +25,7 @@ pub mod system_packages;
 
 use context::Ctx;
 use model::{Analysis, Evidence, Framework, Language, Service};
-use repo::{Limits, Repo, is_non_runtime, join};
+use repo::{Limits, Repo, is_never_a_service, join};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,7 @@ fn candidate_dirs(repo: &Repo) -> Vec<String> {
     let mut dirs: Vec<String> = vec![String::new()];
     for file in repo.files() {
         let Some((dir, name)) = file.path.rsplit_once('/') else { continue };
-        if dir.matches('/').count() >= 3 || is_non_runtime(&format!("{dir}/x")) {
+        if dir.matches('/').count() >= 3 || is_never_a_service(dir) {
             continue;
         }
         if (MANIFESTS.contains(&name) || name.ends_with(".csproj")) && !dirs.iter().any(|d| d == dir) {

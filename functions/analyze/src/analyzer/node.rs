@@ -11,29 +11,56 @@ pub fn applies(ctx: &Ctx<'_>) -> bool {
     ctx.exists("package.json") || ctx.exists("deno.json") || ctx.exists("deno.jsonc")
 }
 
-fn package_manager(ctx: &Ctx<'_>, manifest: &Value) -> PackageManager {
-    if let Some(declared) = manifest.get("packageManager").and_then(Value::as_str) {
-        let name = declared.split('@').next().unwrap_or("");
-        let major = declared.split('@').nth(1).and_then(|v| v.split('.').next()).and_then(|v| v.parse::<u32>().ok());
-        match (name, major) {
-            ("pnpm", _) => return PackageManager::Pnpm,
-            ("bun", _) => return PackageManager::Bun,
-            ("npm", _) => return PackageManager::Npm,
-            ("yarn", Some(1)) => return PackageManager::Yarn,
-            ("yarn", _) => return PackageManager::YarnBerry,
-            _ => {}
-        }
+fn declared_package_manager(manifest: &Value) -> Option<PackageManager> {
+    let declared = manifest.get("packageManager").and_then(Value::as_str)?;
+    let name = declared.split('@').next().unwrap_or("");
+    let major = declared.split('@').nth(1).and_then(|v| v.split('.').next()).and_then(|v| v.parse::<u32>().ok());
+    match (name, major) {
+        ("pnpm", _) => Some(PackageManager::Pnpm),
+        ("bun", _) => Some(PackageManager::Bun),
+        ("npm", _) => Some(PackageManager::Npm),
+        ("yarn", Some(1)) => Some(PackageManager::Yarn),
+        ("yarn", _) => Some(PackageManager::YarnBerry),
+        _ => None,
     }
-    if ctx.exists("bun.lockb") || ctx.exists("bun.lock") {
-        PackageManager::Bun
-    } else if ctx.exists("pnpm-lock.yaml") {
-        PackageManager::Pnpm
-    } else if ctx.exists("yarn.lock") {
-        let berry = ctx.exists(".yarnrc.yml") || ctx.read("yarn.lock").is_some_and(|t| t.contains("__metadata:"));
-        if berry { PackageManager::YarnBerry } else { PackageManager::Yarn }
+}
+
+/// The package manager from lock files in `dir` (repository-relative).
+fn lockfile_package_manager(ctx: &Ctx<'_>, dir: &str) -> Option<PackageManager> {
+    let at = |f: &str| super::repo::join(dir, f);
+    let repo = ctx.repo;
+    if repo.exists(&at("bun.lockb")) || repo.exists(&at("bun.lock")) {
+        Some(PackageManager::Bun)
+    } else if repo.exists(&at("pnpm-lock.yaml")) || repo.exists(&at("pnpm-workspace.yaml")) {
+        Some(PackageManager::Pnpm)
+    } else if repo.exists(&at("yarn.lock")) {
+        let berry =
+            repo.exists(&at(".yarnrc.yml")) || repo.read(&at("yarn.lock")).is_some_and(|t| t.contains("__metadata:"));
+        Some(if berry { PackageManager::YarnBerry } else { PackageManager::Yarn })
+    } else if repo.exists(&at("package-lock.json")) {
+        Some(PackageManager::Npm)
     } else {
-        PackageManager::Npm
+        None
     }
+}
+
+/// `packageManager` wins, then lock files; a workspace member without its own takes the
+/// workspace root's.
+fn package_manager(ctx: &Ctx<'_>, manifest: &Value) -> PackageManager {
+    if let Some(pm) = declared_package_manager(manifest) {
+        return pm;
+    }
+    let own = ctx.path("");
+    let own = own.trim_end_matches('/');
+    std::iter::once(own.to_owned())
+        .chain(ctx.ancestors())
+        .find_map(|dir| {
+            lockfile_package_manager(ctx, &dir).or_else(|| {
+                let manifest = ctx.repo.read(&super::repo::join(&dir, "package.json"))?;
+                declared_package_manager(&serde_json::from_str(&manifest).ok()?)
+            })
+        })
+        .unwrap_or(PackageManager::Npm)
 }
 
 fn pm_command(pm: PackageManager) -> &'static str {
@@ -191,9 +218,18 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
             ctx.note("start_command", "package.json", None, "has a start script");
             Some(start_script_command(pm))
         } else {
-            let main = manifest.get("main").and_then(Value::as_str).map(str::to_owned).or_else(|| {
-                ["server.js", "index.js", "app.js", "main.js"].iter().find(|f| ctx.exists(f)).map(|f| (*f).to_owned())
-            });
+            // A library's `main` is not something to run: only a file that starts a server is.
+            let serves = |file: &str| {
+                ctx.read(file)
+                    .is_some_and(|t| ["listen(", "createServer(", "Bun.serve(", "serve("].iter().any(|c| t.contains(c)))
+            };
+            let main = manifest
+                .get("main")
+                .and_then(Value::as_str)
+                .map(|m| m.trim_start_matches("./").to_owned())
+                .into_iter()
+                .chain(["server.js", "index.js", "app.js", "main.js"].iter().map(|f| (*f).to_owned()))
+                .find(|f| serves(f));
             main.map(|m| if pm == PackageManager::Bun { format!("bun run {m}") } else { format!("node {m}") })
         };
         let script_port = script("start").as_deref().and_then(super::deploy_config::port_in_command);

@@ -265,7 +265,9 @@ pub fn is_non_runtime(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     let segments: Vec<&str> = lower.split('/').collect();
     let (file, dirs) = segments.split_last().map(|(f, d)| (*f, d)).unwrap_or(("", &[]));
-    const DIRS: &[&str] = &[
+    // Test and CI folders at any depth; folders of samples, docs and scripts only at the top of
+    // the service (`com/example/...` is a Java package, not an example).
+    const ANY_DEPTH: &[&str] = &[
         "test",
         "tests",
         "__tests__",
@@ -277,21 +279,19 @@ pub fn is_non_runtime(path: &str) -> bool {
         ".github",
         ".gitlab",
         ".circleci",
-        "scripts",
-        "docs",
-        "doc",
-        "examples",
-        "example",
         "fixtures",
         "testdata",
-        "benchmarks",
-        "bench",
         "migrations",
         ".storybook",
         "stories",
-        "tools",
     ];
-    if dirs.iter().any(|d| DIRS.contains(d)) {
+    const TOP_LEVEL: &[&str] = &["scripts", "docs", "doc", "examples", "example", "benchmarks", "bench", "tools"];
+    if dirs.iter().any(|d| ANY_DEPTH.contains(d)) || dirs.first().is_some_and(|d| TOP_LEVEL.contains(d)) {
+        return true;
+    }
+    // Development and test settings (`config/dev.exs`, `config/environments/test.rb`).
+    let stem = file.split('.').next().unwrap_or(file);
+    if dirs.iter().any(|d| *d == "config" || *d == "environments") && matches!(stem, "dev" | "test" | "development") {
         return true;
     }
     file.starts_with("test_")
@@ -308,6 +308,28 @@ pub fn is_non_runtime(path: &str) -> bool {
         || file == "noxfile.py"
         || file == "fabfile.py"
         || file == "setup.py"
+}
+
+/// Folders that never hold a deployable service (a docs site can be one, so `docs` is not here).
+pub fn is_never_a_service(dir: &str) -> bool {
+    const ANY_DEPTH: &[&str] = &[
+        "test",
+        "tests",
+        "__tests__",
+        "spec",
+        "specs",
+        "e2e",
+        "cypress",
+        "playwright",
+        ".github",
+        ".gitlab",
+        "fixtures",
+        "testdata",
+        ".storybook",
+    ];
+    const TOP_LEVEL: &[&str] = &["scripts", "examples", "example", "benchmarks", "bench", "tools"];
+    let lower = dir.to_ascii_lowercase();
+    lower.split('/').any(|d| ANY_DEPTH.contains(&d)) || lower.split('/').next().is_some_and(|d| TOP_LEVEL.contains(&d))
 }
 
 /// Configuration of test runners, linters and bundlers (`vite.config.ts`, `jest.config.js`), as
@@ -352,7 +374,13 @@ mod tests {
         {
             assert!(is_non_runtime(p), "{p}");
         }
-        for p in ["app.py", "src/server.ts", "cmd/server/main.go", "config/settings.py"] {
+        for p in [
+            "app.py",
+            "src/server.ts",
+            "cmd/server/main.go",
+            "config/settings.py",
+            "src/main/java/com/example/App.java",
+        ] {
             assert!(!is_non_runtime(p), "{p}");
         }
     }
