@@ -16,6 +16,7 @@
 //! dispatcher and loads its pending rows under the same lock, so every delivery is either loaded
 //! or sent, exactly once, in message-id order.
 
+use super::committer::Committer;
 use super::sqlite::{Db, DbError};
 use async_trait::async_trait;
 use axum::Router;
@@ -188,6 +189,8 @@ struct Route {
 #[derive(Debug)]
 struct Inner {
     db: Arc<Db>,
+    /// Every write goes through here: one transaction per batch of waiting writes.
+    committer: Committer,
     clock: Arc<dyn Clock>,
     routes: RwLock<HashMap<Topic, Vec<Route>>>,
     dispatchers: Mutex<Vec<JoinHandle<()>>>,
@@ -221,8 +224,15 @@ impl LocalBus {
                 }
             }
         }
+        let committer = Committer::start(Arc::clone(&db), "devgem-bus")?;
         Ok(Self {
-            inner: Arc::new(Inner { db, clock, routes: RwLock::new(routes), dispatchers: Mutex::new(Vec::new()) }),
+            inner: Arc::new(Inner {
+                db,
+                committer,
+                clock,
+                routes: RwLock::new(routes),
+                dispatchers: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -239,27 +249,31 @@ impl LocalBus {
         let now = self.inner.clock.now();
         let loaded = self
             .inner
-            .db
-            .write(move |conn| {
-                conn.execute(
-                    "INSERT INTO subscriptions (name, topic, created_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (name) DO UPDATE SET topic = excluded.topic",
-                    params![name, topic.name(), now.to_rfc3339()],
-                )
-                .map_err(sql)?;
-                let pending = load_pending(conn, &name)?;
-                // Register while holding the writer lock: later publishes send to us, earlier
-                // ones are in `pending`.
-                let mut routes = inner.routes.write().unwrap_or_else(|p| p.into_inner());
-                for routes in routes.values_mut() {
-                    routes.retain(|r| r.subscription != name);
-                }
-                routes.entry(topic).or_default().push(Route { subscription: name, sender: Some(sender) });
-                Ok::<_, BusError>(pending)
-            })
-            .await?;
+            .committer
+            .write(
+                move |conn| {
+                    conn.execute(
+                        "INSERT INTO subscriptions (name, topic, created_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (name) DO UPDATE SET topic = excluded.topic",
+                        params![name, topic.name(), now.to_rfc3339()],
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let pending = load_pending(conn, &name).map_err(|e| e.to_string())?;
+                    // Registered inside the batch: publishes applied after this write (in this
+                    // batch or later) fan out to us; earlier ones are in `pending`.
+                    let mut routes = inner.routes.write().unwrap_or_else(|p| p.into_inner());
+                    for routes in routes.values_mut() {
+                        routes.retain(|r| r.subscription != name);
+                    }
+                    routes.entry(topic).or_default().push(Route { subscription: name, sender: Some(sender) });
+                    Ok(pending)
+                },
+                |_| {},
+            )
+            .await
+            .map_err(BusError::Unavailable)?;
         let now_ms = epoch_ms(self.inner.clock.now());
-        let mut dispatcher = Dispatcher::new(config, endpoint, Arc::clone(&self.inner.db), receiver);
+        let mut dispatcher = Dispatcher::new(config, endpoint, self.inner.committer.clone(), receiver);
         for (pending, next_attempt_ms) in loaded {
             let wait = u64::try_from(next_attempt_ms - now_ms).ok().map(Duration::from_millis);
             dispatcher.enqueue(pending, wait.map(|w| Instant::now() + w));
@@ -388,50 +402,52 @@ impl Bus for LocalBus {
         validate(&message)?;
         let inner = Arc::clone(&self.inner);
         let publish_time = self.inner.clock.now();
-        let id = self
+        let attributes = serde_json::to_string(&message.attributes).map_err(|e| BusError::Invalid(e.to_string()))?;
+        let publish_text = publish_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let (id, _, _) = self
             .inner
-            .db
-            .write(move |conn| {
-                let attributes = serde_json::to_string(&message.attributes).map_err(|e| BusError::Invalid(e.to_string()))?;
-                let tx = conn.transaction().map_err(sql)?;
-                tx.prepare_cached(
-                    "INSERT INTO messages (topic, data, attributes, ordering_key, publish_time) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(sql)?
-                .execute(params![
-                    topic.name(),
-                    message.data.as_ref(),
-                    attributes,
-                    message.ordering_key,
-                    publish_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                ])
-                .map_err(sql)?;
-                let id = tx.last_insert_rowid().max(0) as u64;
-                let routes = inner.routes.read().unwrap_or_else(|p| p.into_inner());
-                let subscribers = routes.get(&topic).map(Vec::as_slice).unwrap_or_default();
-                {
-                    let mut insert = tx
-                        .prepare_cached("INSERT INTO deliveries (subscription, message_id) VALUES (?1, ?2)")
-                        .map_err(sql)?;
-                    for route in subscribers {
-                        insert.execute(params![route.subscription, id as i64]).map_err(sql)?;
+            .committer
+            .write(
+                move |conn| {
+                    let sql = |e: rusqlite::Error| e.to_string();
+                    conn.prepare_cached(
+                        "INSERT INTO messages (topic, data, attributes, ordering_key, publish_time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(sql)?
+                    .execute(params![topic.name(), message.data.as_ref(), attributes, message.ordering_key, publish_text])
+                    .map_err(sql)?;
+                    let id = conn.last_insert_rowid().max(0) as u64;
+                    let routes = inner.routes.read().unwrap_or_else(|p| p.into_inner());
+                    let subscribers = routes.get(&topic).map(Vec::as_slice).unwrap_or_default();
+                    {
+                        let mut insert = conn
+                            .prepare_cached("INSERT INTO deliveries (subscription, message_id) VALUES (?1, ?2)")
+                            .map_err(sql)?;
+                        for route in subscribers {
+                            insert.execute(params![route.subscription, id as i64]).map_err(sql)?;
+                        }
                     }
-                }
-                tx.commit().map_err(sql)?;
-                let stored = Arc::new(StoredMessage {
-                    id,
-                    data: message.data,
-                    attributes: message.attributes,
-                    ordering_key: message.ordering_key,
-                    publish_time,
-                });
-                for sender in subscribers.iter().filter_map(|r| r.sender.as_ref()) {
-                    // A closed dispatcher (shutting down) finds the row on the next start.
-                    let _ = sender.send(Pending { message: Arc::clone(&stored), failures: 0 });
-                }
-                Ok::<_, BusError>(id)
-            })
-            .await?;
+                    let senders: Vec<mpsc::UnboundedSender<Pending>> =
+                        subscribers.iter().filter_map(|r| r.sender.clone()).collect();
+                    let stored = Arc::new(StoredMessage {
+                        id,
+                        data: message.data,
+                        attributes: message.attributes,
+                        ordering_key: message.ordering_key,
+                        publish_time,
+                    });
+                    Ok((id, stored, senders))
+                },
+                // After the commit, on the writer thread: dispatchers receive messages in commit
+                // order. A closed dispatcher (shutting down) finds the row on the next start.
+                |(_, stored, senders)| {
+                    for sender in senders {
+                        let _ = sender.send(Pending { message: Arc::clone(stored), failures: 0 });
+                    }
+                },
+            )
+            .await
+            .map_err(BusError::Unavailable)?;
         Ok(id.to_string())
     }
 }
@@ -518,7 +534,7 @@ enum Op {
 struct Dispatcher {
     config: SubscriptionConfig,
     endpoint: Router,
-    db: Arc<Db>,
+    committer: Committer,
     receiver: mpsc::UnboundedReceiver<Pending>,
     ready: VecDeque<Pending>,
     keys: HashMap<String, KeyQueue>,
@@ -528,19 +544,22 @@ struct Dispatcher {
     running: JoinSet<Delivered>,
     running_pending: HashMap<tokio::task::Id, Pending>,
     ops: Vec<Op>,
+    /// Outcome writes submitted and not yet confirmed. Deliveries go on meanwhile; the committer
+    /// keeps the writes in submission order.
+    unconfirmed: Vec<tokio::sync::oneshot::Receiver<Result<(), String>>>,
 }
 
 impl Dispatcher {
     fn new(
         config: SubscriptionConfig,
         endpoint: Router,
-        db: Arc<Db>,
+        committer: Committer,
         receiver: mpsc::UnboundedReceiver<Pending>,
     ) -> Self {
         Self {
             config,
             endpoint,
-            db,
+            committer,
             receiver,
             ready: VecDeque::new(),
             keys: HashMap::new(),
@@ -550,6 +569,7 @@ impl Dispatcher {
             running: JoinSet::new(),
             running_pending: HashMap::new(),
             ops: Vec::new(),
+            unconfirmed: Vec::new(),
         }
     }
 
@@ -710,74 +730,37 @@ impl Dispatcher {
         }
     }
 
-    /// Records outcomes in one transaction. If it fails, the rows stay pending and the messages
-    /// are redelivered on the next start: at least once, never lost.
-    async fn flush(&mut self) {
+    /// Queues the recorded outcomes as one write, without waiting for it. If it fails, the rows
+    /// stay pending and the messages are redelivered on the next start: at least once, never
+    /// lost.
+    fn flush(&mut self) {
+        self.unconfirmed.retain_mut(|answer| match answer.try_recv() {
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not record delivery outcomes; they will be redelivered after a restart");
+                false
+            }
+            Ok(Ok(())) => false,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+        });
         if self.ops.is_empty() {
             return;
         }
         let ops = std::mem::take(&mut self.ops);
         let subscription = self.config.name.clone();
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let result = self
-            .db
-            .write(move |conn| {
-                let tx = conn.transaction().map_err(sql)?;
-                for op in &ops {
-                    match op {
-                        Op::Ack { id } => {
-                            tx.prepare_cached("DELETE FROM deliveries WHERE subscription = ?1 AND message_id = ?2")
-                                .map_err(sql)?
-                                .execute(params![subscription, *id as i64])
-                                .map_err(sql)?;
-                        }
-                        Op::Retry { id, failures, next_attempt_ms, status } => {
-                            tx.prepare_cached(
-                                "UPDATE deliveries SET attempts = ?3, next_attempt_ms = ?4, last_status = ?5
-                                 WHERE subscription = ?1 AND message_id = ?2",
-                            )
-                            .map_err(sql)?
-                            .execute(params![subscription, *id as i64, failures, next_attempt_ms, status])
-                            .map_err(sql)?;
-                        }
-                        Op::Dead { id, failures, status } => {
-                            tx.prepare_cached(
-                                "INSERT OR REPLACE INTO dead_letters
-                                    (subscription, message_id, topic, data, attributes, ordering_key, publish_time,
-                                     attempts, last_status, dead_at)
-                                 SELECT ?1, id, topic, data, attributes, ordering_key, publish_time, ?3, ?4, ?5
-                                 FROM messages WHERE id = ?2",
-                            )
-                            .map_err(sql)?
-                            .execute(params![subscription, *id as i64, failures, status, now])
-                            .map_err(sql)?;
-                            tx.prepare_cached("DELETE FROM deliveries WHERE subscription = ?1 AND message_id = ?2")
-                                .map_err(sql)?
-                                .execute(params![subscription, *id as i64])
-                                .map_err(sql)?;
-                        }
-                    }
-                    if let Op::Ack { id } | Op::Dead { id, .. } = op {
-                        let gone: Option<i64> = tx
-                            .prepare_cached("SELECT 1 FROM deliveries WHERE message_id = ?1 LIMIT 1")
-                            .map_err(sql)?
-                            .query_row(params![*id as i64], |row| row.get(0))
-                            .optional()
-                            .map_err(sql)?;
-                        if gone.is_none() {
-                            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")
-                                .map_err(sql)?
-                                .execute(params![*id as i64])
-                                .map_err(sql)?;
-                        }
-                    }
-                }
-                tx.commit().map_err(sql)?;
-                Ok::<_, BusError>(())
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(subscription = %self.config.name, error = %e, "could not record delivery outcomes");
+        let answer = self
+            .committer
+            .submit(move |conn| record_outcomes(conn, &subscription, &ops, &now).map_err(|e| e.to_string()), |_| {});
+        self.unconfirmed.push(answer);
+    }
+
+    /// Waits until every submitted outcome is recorded.
+    async fn confirm_all(&mut self) {
+        for answer in self.unconfirmed.drain(..) {
+            if let Ok(Err(e)) = answer.await {
+                tracing::error!(subscription = %self.config.name, error = %e, "could not record delivery outcomes");
+            }
         }
     }
 
@@ -817,10 +800,66 @@ impl Dispatcher {
                     }
                 }
             }
-            self.flush().await;
+            self.flush();
         }
-        self.flush().await;
+        self.flush();
+        self.confirm_all().await;
     }
+}
+
+/// Records delivery outcomes: acks delete the delivery, retries update it, dead letters move the
+/// message to `dead_letters`; a message no subscription still needs is deleted.
+fn record_outcomes(tx: &rusqlite::Connection, subscription: &str, ops: &[Op], now: &str) -> Result<(), BusError> {
+    for op in ops {
+        match op {
+            Op::Ack { id } => {
+                tx.prepare_cached("DELETE FROM deliveries WHERE subscription = ?1 AND message_id = ?2")
+                    .map_err(sql)?
+                    .execute(params![subscription, *id as i64])
+                    .map_err(sql)?;
+            }
+            Op::Retry { id, failures, next_attempt_ms, status } => {
+                tx.prepare_cached(
+                    "UPDATE deliveries SET attempts = ?3, next_attempt_ms = ?4, last_status = ?5
+                     WHERE subscription = ?1 AND message_id = ?2",
+                )
+                .map_err(sql)?
+                .execute(params![subscription, *id as i64, failures, next_attempt_ms, status])
+                .map_err(sql)?;
+            }
+            Op::Dead { id, failures, status } => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO dead_letters
+                        (subscription, message_id, topic, data, attributes, ordering_key, publish_time,
+                         attempts, last_status, dead_at)
+                     SELECT ?1, id, topic, data, attributes, ordering_key, publish_time, ?3, ?4, ?5
+                     FROM messages WHERE id = ?2",
+                )
+                .map_err(sql)?
+                .execute(params![subscription, *id as i64, failures, status, now])
+                .map_err(sql)?;
+                tx.prepare_cached("DELETE FROM deliveries WHERE subscription = ?1 AND message_id = ?2")
+                    .map_err(sql)?
+                    .execute(params![subscription, *id as i64])
+                    .map_err(sql)?;
+            }
+        }
+        if let Op::Ack { id } | Op::Dead { id, .. } = op {
+            let gone: Option<i64> = tx
+                .prepare_cached("SELECT 1 FROM deliveries WHERE message_id = ?1 LIMIT 1")
+                .map_err(sql)?
+                .query_row(params![*id as i64], |row| row.get(0))
+                .optional()
+                .map_err(sql)?;
+            if gone.is_none() {
+                tx.prepare_cached("DELETE FROM messages WHERE id = ?1")
+                    .map_err(sql)?
+                    .execute(params![*id as i64])
+                    .map_err(sql)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

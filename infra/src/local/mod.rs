@@ -8,6 +8,7 @@
 
 pub mod blobs;
 pub mod bus;
+mod committer;
 mod sqlite;
 pub mod store;
 
