@@ -1,7 +1,7 @@
 //! Analyzer speed (docs/PERF.md): in-process analysis of every fixture repository, the CLI end to
 //! end, and a generated 20,000-file monorepo.
 //!
-//! `cargo build --release -p devgem-cli && DEVGEM_BIN=target/release/devgem cargo bench -p devgem-analyze --bench analyze`
+//! `cargo build --release -p devgem-cli && DEVGEM_BIN=$PWD/target/release/devgem cargo bench -p devgem-analyze --bench analyze`
 //! (without `DEVGEM_BIN` the CLI row is skipped).
 
 use devgem_analyze::analyzer::analyze_dir;
