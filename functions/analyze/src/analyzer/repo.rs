@@ -259,6 +259,27 @@ pub fn join(dir: &str, rel: &str) -> String {
     if dir.is_empty() || dir == "." { rel.to_owned() } else { format!("{dir}/{rel}") }
 }
 
+/// Folders of tests, CI and test data, at any depth.
+const TEST_AND_CI_DIRS: &[&str] = &[
+    "test",
+    "tests",
+    "__tests__",
+    "spec",
+    "specs",
+    "e2e",
+    "cypress",
+    "playwright",
+    ".github",
+    ".gitlab",
+    ".circleci",
+    "fixtures",
+    "testdata",
+    ".storybook",
+];
+
+/// Folders of samples, scripts and tools: not the app when they sit at the top of a service.
+const NON_APP_TOP_DIRS: &[&str] = &["scripts", "examples", "example", "benchmarks", "bench", "tools"];
+
 /// Whether a path is test, CI, documentation or dev-tooling code, whose env vars and entry points
 /// are not the app's.
 pub fn is_non_runtime(path: &str) -> bool {
@@ -267,26 +288,10 @@ pub fn is_non_runtime(path: &str) -> bool {
     let (file, dirs) = segments.split_last().map(|(f, d)| (*f, d)).unwrap_or(("", &[]));
     // Test and CI folders at any depth; folders of samples, docs and scripts only at the top of
     // the service (`com/example/...` is a Java package, not an example).
-    const ANY_DEPTH: &[&str] = &[
-        "test",
-        "tests",
-        "__tests__",
-        "spec",
-        "specs",
-        "e2e",
-        "cypress",
-        "playwright",
-        ".github",
-        ".gitlab",
-        ".circleci",
-        "fixtures",
-        "testdata",
-        "migrations",
-        ".storybook",
-        "stories",
-    ];
-    const TOP_LEVEL: &[&str] = &["scripts", "docs", "doc", "examples", "example", "benchmarks", "bench", "tools"];
-    if dirs.iter().any(|d| ANY_DEPTH.contains(d)) || dirs.first().is_some_and(|d| TOP_LEVEL.contains(d)) {
+    let top = dirs.first().copied();
+    if dirs.iter().any(|d| TEST_AND_CI_DIRS.contains(d) || matches!(*d, "migrations" | "stories"))
+        || top.is_some_and(|d| NON_APP_TOP_DIRS.contains(&d) || matches!(d, "docs" | "doc"))
+    {
         return true;
     }
     // Development and test settings (`config/dev.exs`, `config/environments/test.rb`).
@@ -312,24 +317,9 @@ pub fn is_non_runtime(path: &str) -> bool {
 
 /// Folders that never hold a deployable service (a docs site can be one, so `docs` is not here).
 pub fn is_never_a_service(dir: &str) -> bool {
-    const ANY_DEPTH: &[&str] = &[
-        "test",
-        "tests",
-        "__tests__",
-        "spec",
-        "specs",
-        "e2e",
-        "cypress",
-        "playwright",
-        ".github",
-        ".gitlab",
-        "fixtures",
-        "testdata",
-        ".storybook",
-    ];
-    const TOP_LEVEL: &[&str] = &["scripts", "examples", "example", "benchmarks", "bench", "tools"];
     let lower = dir.to_ascii_lowercase();
-    lower.split('/').any(|d| ANY_DEPTH.contains(&d)) || lower.split('/').next().is_some_and(|d| TOP_LEVEL.contains(&d))
+    lower.split('/').any(|d| TEST_AND_CI_DIRS.contains(&d))
+        || lower.split('/').next().is_some_and(|d| NON_APP_TOP_DIRS.contains(&d))
 }
 
 /// Configuration of test runners, linters and bundlers (`vite.config.ts`, `jest.config.js`), as
