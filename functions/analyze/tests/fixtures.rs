@@ -155,3 +155,34 @@ fn every_fixture_matches_its_hand_written_expectation() {
     assert!(now_passing.is_empty(), "these fixtures match now; remove them from PENDING: {now_passing:?}");
     assert!(failures.is_empty(), "{} fixtures do not match:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A repository past the file cap with a 50 MB file still gets a clear, bounded answer: the app
+/// is found, and the warnings say what was skipped.
+#[test]
+fn huge_repositories_are_analyzed_within_the_caps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::write(root.join("requirements.txt"), "flask==3.0.3\n").expect("write");
+    std::fs::write(
+        root.join("app.py"),
+        "import os\nfrom flask import Flask\napp = Flask(__name__)\nKEY = os.environ['API_KEY']\n",
+    )
+    .expect("write");
+    let big = std::fs::File::create(root.join("data.csv")).expect("create");
+    big.set_len(50 * 1024 * 1024).expect("50 MB sparse file");
+    std::fs::write(root.join("load.py"), "import os\nDATA = open('data.csv').read()\n").expect("write");
+    let limits = Limits { max_files: 2_000, ..Limits::default() };
+    for i in 0..2_500 {
+        let sub = root.join(format!("assets/{:02}", i % 50));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        std::fs::write(sub.join(format!("f{i}.txt")), "x").expect("write");
+    }
+    // The 50 MB file is read when something asks for it: the analyzer must refuse it.
+    let analysis = analyze_dir(root, limits).expect("analysis");
+    assert_eq!(analysis.primary.framework.map(|f| serde_json::to_value(f).expect("json")), Some(Value::from("flask")));
+    assert_eq!(analysis.primary.env_vars.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["API_KEY"]);
+    assert!(analysis.warnings.iter().any(|w| w.contains("more than 2000 files")), "{:?}", analysis.warnings);
+    let repo = devgem_analyze::analyzer::repo::Repo::scan(root, Limits::default()).expect("scan");
+    assert!(repo.read("data.csv").is_none(), "a 50 MB file is not read");
+    assert!(repo.take_warnings().iter().any(|w| w.contains("data.csv is larger")));
+}

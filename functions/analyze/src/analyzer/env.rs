@@ -26,6 +26,8 @@ enum Fallback {
     Literal(String),
     /// Optional with a fallback that is not a literal (an expression, `None`, `nil`).
     Other,
+    /// Named by the deploy configuration (compose `environment:`), not read in code we saw.
+    Given,
 }
 
 /// A pattern: group 1 is the name, group 2 (if any) the fallback expression.
@@ -363,10 +365,14 @@ pub fn looks_secret(name: &str) -> bool {
 }
 
 /// Scans the runtime files under `app_dir` (except those under `exclude`: other services) and
-/// returns the variables, sorted by name.
-pub fn scan(repo: &Repo, app_dir: &str, exclude: &[String]) -> Vec<EnvVar> {
+/// returns the variables, sorted by name. `given` are variables the deploy configuration sets
+/// (compose `environment:`), as (name, `path:line`): they name a variable, never its default.
+pub fn scan(repo: &Repo, app_dir: &str, exclude: &[String], given: &[(String, String)]) -> Vec<EnvVar> {
     let dir = if app_dir == "." { "" } else { app_dir };
-    let mut reads = Vec::new();
+    let mut reads: Vec<Read> = given
+        .iter()
+        .map(|(name, source)| Read { name: name.clone(), fallback: Fallback::Given, source: source.clone() })
+        .collect();
     for file in repo.files_under(dir) {
         let rel = if dir.is_empty() { file.path.as_str() } else { &file.path[dir.len() + 1..] };
         if exclude.iter().any(|e| file.path.starts_with(&format!("{e}/"))) {
@@ -405,11 +411,14 @@ fn merge(reads: Vec<Read>) -> Vec<EnvVar> {
                 Fallback::Literal(v) => Some(v.clone()),
                 _ => None,
             });
-            let has_fallback = reads.iter().any(|r| r.fallback != Fallback::None);
+            // Required when the code reads it without a fallback; a variable only the deploy
+            // configuration names may be read by a library we cannot see, so it is optional.
+            let code_reads: Vec<&Read> = reads.iter().filter(|r| r.fallback != Fallback::Given).collect();
+            let required = !code_reads.is_empty() && code_reads.iter().all(|r| r.fallback == Fallback::None);
             let mut sources: Vec<String> = reads.into_iter().map(|r| r.source).collect();
             sources.sort_by(|a, b| natural_source_order(a, b));
             sources.dedup();
-            EnvVar { secret: looks_secret(&name), required: !has_fallback, default, name, sources }
+            EnvVar { secret: looks_secret(&name), required, default, name, sources }
         })
         .collect()
 }

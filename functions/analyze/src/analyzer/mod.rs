@@ -7,10 +7,12 @@
 //! - [`context`]: one service's view, where detectors record evidence.
 //! - [`python`], [`node`], [`golang`], [`jvm`], [`others`] (Ruby, PHP, Rust, .NET, Elixir):
 //!   language detectors (framework, package manager, port, commands).
-//! - [`deploy_config`]: the repo's own Dockerfile and Procfile, which win over conventions.
+//! - [`deploy_config`]: the repo's own Dockerfile and Procfile, which win over conventions;
+//!   [`compose`]: docker-compose services built from the repo.
 //! - [`env`]: env vars the runtime code reads. [`system_packages`]: native libraries.
 //! - [`model`]: the output.
 
+pub mod compose;
 pub mod context;
 pub mod deploy_config;
 pub mod env;
@@ -55,8 +57,13 @@ const MANIFESTS: &[&str] = &[
 
 /// Directories (relative) that might hold a service: the root and every folder with a manifest,
 /// outside test/docs/tooling folders, at most 3 levels deep.
-fn candidate_dirs(repo: &Repo) -> Vec<String> {
+fn candidate_dirs(repo: &Repo, compose: &[compose::ComposeService]) -> Vec<String> {
     let mut dirs: Vec<String> = vec![String::new()];
+    for service in compose {
+        if !service.context.is_empty() && repo.has_dir(&service.context) && !dirs.contains(&service.context) {
+            dirs.push(service.context.clone());
+        }
+    }
     for file in repo.files() {
         let Some((dir, name)) = file.path.rsplit_once('/') else { continue };
         if dir.matches('/').count() >= 3 || is_never_a_service(dir) {
@@ -70,7 +77,12 @@ fn candidate_dirs(repo: &Repo) -> Vec<String> {
 }
 
 /// Analyzes one directory as a service. `None` when nothing there is deployable.
-fn analyze_service(repo: &Repo, dir: &str, excluded: Vec<String>) -> Option<(Service, Vec<Evidence>)> {
+fn analyze_service(
+    repo: &Repo,
+    dir: &str,
+    excluded: Vec<String>,
+    compose: Option<&compose::ComposeService>,
+) -> Option<(Service, Vec<Evidence>)> {
     let app_dir = if dir.is_empty() { ".".to_owned() } else { dir.to_owned() };
     let mut ctx = Ctx::new(repo, &app_dir, excluded.clone());
     let mut service = Service::empty(&app_dir);
@@ -100,17 +112,27 @@ fn analyze_service(repo: &Repo, dir: &str, excluded: Vec<String>) -> Option<(Ser
         service.language = Some(Language::Static);
         ctx.note("language", "index.html", None, "a static site: index.html and no server manifest");
     }
-    apply_deploy_config(&mut ctx, &mut service);
+    apply_deploy_config(&mut ctx, &mut service, compose);
     if service.language.is_none() && !service.has_dockerfile {
         return None;
     }
-    service.env_vars = env::scan(repo, &app_dir, &excluded);
+    let given: Vec<(String, String)> = compose
+        .map(|c| c.environment.iter().map(|(name, line)| (name.clone(), format!("{}:{line}", c.file))).collect())
+        .unwrap_or_default();
+    service.env_vars = env::scan(repo, &app_dir, &excluded, &given);
     service.system_packages = ctx.system_packages.iter().cloned().collect();
     Some((service, ctx.evidence))
 }
 
-/// The repository's own Dockerfile and Procfile win over conventions.
-fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service) {
+/// The repository's own Dockerfile, Procfile and compose service win over conventions, in that
+/// order.
+fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service, compose: Option<&compose::ComposeService>) {
+    if let Some(port) = compose.and_then(|c| c.port)
+        && service.port.is_none()
+    {
+        ctx.note("port", "", None, "the compose service publishes it");
+        service.port = Some(port);
+    }
     let mut port_from_config = false;
     if let Some(text) = ctx.read("Dockerfile") {
         service.has_dockerfile = true;
@@ -151,6 +173,14 @@ fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service) {
         } else if deploy_config::uses_port_env(&command) {
             service.port = Some(8080);
             service.honours_port = true;
+        }
+        service.start_command = Some(command);
+        return;
+    }
+    if let Some((command, _)) = compose.and_then(|c| c.command.clone()) {
+        ctx.note("start_command", "", None, "the compose service's command");
+        if let Some(port) = deploy_config::port_in_command(&command) {
+            service.port = Some(port);
         }
         service.start_command = Some(command);
     }
@@ -210,7 +240,8 @@ fn confidence(service: &Service) -> f32 {
 /// Analyzes the repository at `root`.
 pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError> {
     let repo = Repo::scan(root, limits)?;
-    let dirs = candidate_dirs(&repo);
+    let compose = compose::read(&repo);
+    let dirs = candidate_dirs(&repo, &compose);
     let mut services: Vec<(Service, Vec<Evidence>)> = Vec::new();
     for dir in &dirs {
         let nested: Vec<String> = dirs
@@ -218,7 +249,8 @@ pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError
             .filter(|d| !d.is_empty() && (dir.is_empty() || d.starts_with(&format!("{dir}/"))))
             .cloned()
             .collect();
-        if let Some(found) = analyze_service(&repo, dir, nested) {
+        let composed = compose.iter().find(|c| c.context == *dir);
+        if let Some(found) = analyze_service(&repo, dir, nested, composed) {
             services.push(found);
         }
     }
@@ -230,6 +262,13 @@ pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError
     let primary_index = services
         .iter()
         .position(|(s, _)| s.app_dir == ".")
+        .or_else(|| {
+            // The compose service that publishes a port.
+            compose.iter().filter(|c| c.port.is_some()).find_map(|c| {
+                let dir = if c.context.is_empty() { "." } else { c.context.as_str() };
+                services.iter().position(|(s, _)| s.app_dir == dir)
+            })
+        })
         .or_else(|| {
             PRIMARY_NAMES
                 .iter()
