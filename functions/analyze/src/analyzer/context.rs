@@ -17,12 +17,14 @@ pub struct Ctx<'a> {
     excluded: Vec<String>,
     pub evidence: Vec<Evidence>,
     pub system_packages: BTreeSet<String>,
+    /// Problems that make the result a guess (a manifest that does not parse).
+    pub doubts: usize,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(repo: &'a Repo, app_dir: &str, excluded: Vec<String>) -> Self {
         let dir = if app_dir == "." { String::new() } else { app_dir.to_owned() };
-        Self { repo, dir, excluded, evidence: Vec::new(), system_packages: BTreeSet::new() }
+        Self { repo, dir, excluded, evidence: Vec::new(), system_packages: BTreeSet::new(), doubts: 0 }
     }
 
     /// The directories above the service, nearest first, ending with the root (`""`).
@@ -85,6 +87,12 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn warn(&self, message: String) {
+        self.repo.warn(message);
+    }
+
+    /// Warns about something that makes this service's result a guess, lowering its confidence.
+    pub fn doubt(&mut self, message: String) {
+        self.doubts += 1;
         self.repo.warn(message);
     }
 

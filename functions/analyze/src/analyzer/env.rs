@@ -525,6 +525,13 @@ mod tests {
     }
 
     #[test]
+    fn clap_env_attributes() {
+        let text = "#[derive(Parser)]\nstruct Args {\n    #[arg(long, env = \"DATABASE_URL\")]\n    db: String,\n    #[arg(long, env = \"LOG_LEVEL\", default_value = \"info\")]\n    level: String,\n}\n";
+        let names: Vec<String> = reads_of("src/main.rs", text).into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["DATABASE_URL", "LOG_LEVEL"]);
+    }
+
+    #[test]
     fn secrets() {
         for s in [
             "API_KEY",

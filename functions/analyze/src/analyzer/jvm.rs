@@ -104,6 +104,9 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
     }
 
     if let Some(pom) = &pom {
+        if !pom.contains("</project>") {
+            ctx.doubt(format!("{} looks truncated or malformed (no closing </project>)", ctx.path("pom.xml")));
+        }
         service.package_manager = Some(PackageManager::Maven);
         service.runtime_version =
             ["java.version", "maven.compiler.release", "maven.compiler.target", "maven.compiler.source"]

@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`repo`]: the bounded, read-only view of the files.
-//! - [`context`]: one service's view, where detectors record evidence.
+//! - [`context`]: one service's view, where detectors record evidence and doubts.
 //! - [`python`], [`node`], [`golang`], [`jvm`], [`others`] (Ruby, PHP, Rust, .NET, Elixir):
 //!   language detectors (framework, package manager, port, commands).
 //! - [`deploy_config`]: the repo's own Dockerfile and Procfile, which win over conventions;
@@ -27,7 +27,7 @@ pub mod system_packages;
 
 use context::Ctx;
 use model::{Analysis, Evidence, Framework, Language, Service};
-use repo::{Limits, Repo, is_never_a_service, join};
+use repo::{Limits, Repo, is_never_a_service};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +77,15 @@ fn candidate_dirs(repo: &Repo, compose: &[compose::ComposeService]) -> Vec<Strin
 }
 
 /// Analyzes one directory as a service. `None` when nothing there is deployable.
+/// A service, why the analyzer thinks so, and how many of its inputs were doubtful.
+type Found = (Service, Vec<Evidence>, usize);
+
 fn analyze_service(
     repo: &Repo,
     dir: &str,
     excluded: Vec<String>,
     compose: Option<&compose::ComposeService>,
-) -> Option<(Service, Vec<Evidence>)> {
+) -> Option<Found> {
     let app_dir = if dir.is_empty() { ".".to_owned() } else { dir.to_owned() };
     let mut ctx = Ctx::new(repo, &app_dir, excluded.clone());
     let mut service = Service::empty(&app_dir);
@@ -121,7 +124,7 @@ fn analyze_service(
         .unwrap_or_default();
     service.env_vars = env::scan(repo, &app_dir, &excluded, &given);
     service.system_packages = ctx.system_packages.iter().cloned().collect();
-    Some((service, ctx.evidence))
+    Some((service, ctx.evidence, ctx.doubts))
 }
 
 /// The repository's own Dockerfile, Procfile and compose service win over conventions, in that
@@ -242,7 +245,7 @@ pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError
     let repo = Repo::scan(root, limits)?;
     let compose = compose::read(&repo);
     let dirs = candidate_dirs(&repo, &compose);
-    let mut services: Vec<(Service, Vec<Evidence>)> = Vec::new();
+    let mut services: Vec<Found> = Vec::new();
     for dir in &dirs {
         let nested: Vec<String> = dirs
             .iter()
@@ -254,25 +257,25 @@ pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError
             services.push(found);
         }
     }
-    let deployable_count = services.iter().filter(|(s, _)| deployable(s)).count();
+    let deployable_count = services.iter().filter(|(s, _, _)| deployable(s)).count();
     // A root that only groups workspaces is not a service when its members are.
     if deployable_count > 0 {
-        services.retain(|(s, _)| deployable(s));
+        services.retain(|(s, _, _)| deployable(s));
     }
     let primary_index = services
         .iter()
-        .position(|(s, _)| s.app_dir == ".")
+        .position(|(s, _, _)| s.app_dir == ".")
         .or_else(|| {
             // The compose service that publishes a port.
             compose.iter().filter(|c| c.port.is_some()).find_map(|c| {
                 let dir = if c.context.is_empty() { "." } else { c.context.as_str() };
-                services.iter().position(|(s, _)| s.app_dir == dir)
+                services.iter().position(|(s, _, _)| s.app_dir == dir)
             })
         })
         .or_else(|| {
             PRIMARY_NAMES
                 .iter()
-                .find_map(|name| services.iter().position(|(s, _)| s.app_dir.rsplit('/').next() == Some(*name)))
+                .find_map(|name| services.iter().position(|(s, _, _)| s.app_dir.rsplit('/').next() == Some(*name)))
         })
         .unwrap_or(0);
     let warnings = repo.take_warnings();
@@ -287,13 +290,58 @@ pub fn analyze_dir(root: &Path, limits: Limits) -> Result<Analysis, AnalyzeError
             warnings,
         });
     }
-    let (primary, evidence) = services[primary_index].clone();
-    let confidence = confidence(&primary);
-    let services = if services.len() > 1 { services.into_iter().map(|(s, _)| s).collect() } else { Vec::new() };
+    let (primary, evidence, doubts) = services[primary_index].clone();
+    // A manifest that does not parse makes the rest a guess.
+    let confidence = if doubts > 0 { confidence(&primary) * 0.5 } else { confidence(&primary) };
+    let services = if services.len() > 1 { services.into_iter().map(|(s, _, _)| s).collect() } else { Vec::new() };
     Ok(Analysis { primary, services, confidence, evidence, warnings })
 }
 
-/// Repository-relative path helper re-exported for detectors' tests.
-pub fn service_path(dir: &str, rel: &str) -> String {
-    join(dir, rel)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analyze_files(files: &[(&str, &[u8])]) -> Analysis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (path, body) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, body).expect("write");
+        }
+        analyze_dir(dir.path(), Limits::default()).expect("analysis")
+    }
+
+    #[test]
+    fn malformed_manifests_give_a_result_and_a_warning_never_a_panic() {
+        let python = analyze_files(&[
+            ("pyproject.toml", b"[project\nname = 'x'"),
+            ("main.py", b"from fastapi import FastAPI\napp = FastAPI()\n"),
+        ]);
+        assert_eq!(python.primary.language, Some(Language::Python));
+        assert_eq!(python.primary.framework, Some(Framework::Fastapi), "found from the code despite the manifest");
+        assert!(
+            python.warnings.iter().any(|w| w.contains("pyproject.toml is not valid TOML")),
+            "{:?}",
+            python.warnings
+        );
+
+        let java = analyze_files(&[(
+            "pom.xml",
+            b"<project><artifactId>api</artifactId><dependencies><dependency>spring-boot",
+        )]);
+        assert_eq!(java.primary.language, Some(Language::Java));
+        assert!(java.confidence < 1.0);
+
+        let cargo = analyze_files(&[("Cargo.toml", b"[package\nname=")]);
+        assert_eq!(cargo.primary.language, Some(Language::Rust));
+        assert!(cargo.warnings.iter().any(|w| w.contains("Cargo.toml is not valid TOML")));
+    }
+
+    #[test]
+    fn nothing_deployable_is_said_plainly() {
+        let empty = analyze_files(&[("README.md", b"# nothing here")]);
+        assert_eq!(empty.primary.language, None);
+        assert_eq!(empty.confidence, 0.0);
+        assert!(empty.warnings.iter().any(|w| w.contains("no deployable app found")));
+    }
 }

@@ -137,14 +137,14 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
         Some(text) => match serde_json::from_str(&text) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
-                ctx.warn(format!(
+                ctx.doubt(format!(
                     "{} is not a JSON object; scripts and dependencies were not read",
                     ctx.path("package.json")
                 ));
                 Value::Null
             }
             Err(e) => {
-                ctx.warn(format!(
+                ctx.doubt(format!(
                     "{} is not valid JSON ({e}); scripts and dependencies were not read",
                     ctx.path("package.json")
                 ));

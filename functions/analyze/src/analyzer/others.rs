@@ -95,7 +95,7 @@ pub fn php(ctx: &mut Ctx<'_>, service: &mut Service) {
     service.language = Some(Language::Php);
     let composer: Value = match ctx.read("composer.json") {
         Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-            ctx.warn(format!("{} is not valid JSON ({e})", ctx.path("composer.json")));
+            ctx.doubt(format!("{} is not valid JSON ({e})", ctx.path("composer.json")));
             Value::Null
         }),
         None => Value::Null,
@@ -132,7 +132,7 @@ pub fn rust(ctx: &mut Ctx<'_>, service: &mut Service) {
     let manifest = match ctx.read("Cargo.toml").map(|t| t.parse::<toml::Table>()) {
         Some(Ok(table)) => table,
         Some(Err(e)) => {
-            ctx.warn(format!(
+            ctx.doubt(format!(
                 "{} is not valid TOML ({})",
                 ctx.path("Cargo.toml"),
                 e.to_string().lines().next().unwrap_or("")

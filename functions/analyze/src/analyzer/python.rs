@@ -95,7 +95,7 @@ fn read_manifests(ctx: &mut Ctx<'_>) -> Manifests {
                 }
                 pdm = tool.is_some_and(|t| t.contains_key("pdm"));
             }
-            Err(e) => ctx.warn(format!(
+            Err(e) => ctx.doubt(format!(
                 "{} is not valid TOML ({}); its dependencies were not read",
                 ctx.path("pyproject.toml"),
                 first_line(&e.to_string())
@@ -112,7 +112,7 @@ fn read_manifests(ctx: &mut Ctx<'_>) -> Manifests {
                     runtime_version = runtime_version.or_else(|| first_version(v));
                 }
             }
-            Err(e) => ctx.warn(format!("{} is not valid TOML ({})", ctx.path("Pipfile"), first_line(&e.to_string()))),
+            Err(e) => ctx.doubt(format!("{} is not valid TOML ({})", ctx.path("Pipfile"), first_line(&e.to_string()))),
         }
     }
     if let Some(text) = ctx.read(".python-version") {
