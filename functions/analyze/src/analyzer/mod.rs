@@ -55,8 +55,8 @@ const MANIFESTS: &[&str] = &[
     "Dockerfile",
 ];
 
-/// Directories (relative) that might hold a service: the root and every folder with a manifest,
-/// outside test/docs/tooling folders, at most 3 levels deep.
+/// Directories (relative) that might hold a service: the root, every compose build context, and
+/// every folder with a manifest outside test, CI and tooling folders, at most 3 levels deep.
 fn candidate_dirs(repo: &Repo, compose: &[compose::ComposeService]) -> Vec<String> {
     let mut dirs: Vec<String> = vec![String::new()];
     for service in compose {
@@ -76,10 +76,10 @@ fn candidate_dirs(repo: &Repo, compose: &[compose::ComposeService]) -> Vec<Strin
     dirs
 }
 
-/// Analyzes one directory as a service. `None` when nothing there is deployable.
 /// A service, why the analyzer thinks so, and how many of its inputs were doubtful.
 type Found = (Service, Vec<Evidence>, usize);
 
+/// Analyzes one directory as a service. `None` when nothing there is deployable.
 fn analyze_service(
     repo: &Repo,
     dir: &str,
@@ -136,7 +136,6 @@ fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service, compose: Option
         ctx.note("port", "", None, "the compose service publishes it");
         service.port = Some(port);
     }
-    let mut port_from_config = false;
     if let Some(text) = ctx.read("Dockerfile") {
         service.has_dockerfile = true;
         let facts = deploy_config::read_dockerfile(&text);
@@ -147,20 +146,19 @@ fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service, compose: Option
             ctx.note("runtime_version", "Dockerfile", None, "the base image's tag");
             service.runtime_version = Some(version);
         }
+        // The port: one the command names > EXPOSE > ENV PORT.
+        let named =
+            facts.start_command.as_ref().and_then(|(c, line)| deploy_config::port_in_command(c).map(|p| (p, *line)));
+        if let Some((port, line)) = named.or(facts.exposed_port).or(facts.env_port) {
+            ctx.note("port", "Dockerfile", Some(line), "the Dockerfile sets it");
+            service.port = Some(port);
+        }
         if let Some((command, line)) = facts.start_command {
             ctx.note("start_command", "Dockerfile", Some(line), "the Dockerfile's CMD/ENTRYPOINT");
-            if let Some(port) = deploy_config::port_in_command(&command) {
-                service.port = Some(port);
-                port_from_config = true;
-            } else if deploy_config::uses_port_env(&command) {
+            if named.is_none() && deploy_config::uses_port_env(&command) {
                 service.honours_port = true;
             }
             service.start_command = Some(command);
-        }
-        if !port_from_config && let Some((port, line)) = facts.exposed_port.or(facts.env_port) {
-            ctx.note("port", "Dockerfile", Some(line), "the Dockerfile exposes it");
-            service.port = Some(port);
-            port_from_config = true;
         }
     } else if ctx.exists("Dockerfile") {
         service.has_dockerfile = true;
@@ -187,7 +185,6 @@ fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service, compose: Option
         }
         service.start_command = Some(command);
     }
-    let _ = port_from_config;
 }
 
 /// The language version a base image names: `python:3.12-slim` → `3.12`, `node:20-alpine` → `20`.
