@@ -193,7 +193,8 @@ struct Inner {
     committer: Committer,
     clock: Arc<dyn Clock>,
     routes: RwLock<HashMap<Topic, Vec<Route>>>,
-    dispatchers: Mutex<Vec<JoinHandle<()>>>,
+    /// The dispatcher task of each subscription, by name.
+    dispatchers: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
 /// The embedded bus. Cheap to clone.
@@ -231,7 +232,7 @@ impl LocalBus {
                 committer,
                 clock,
                 routes: RwLock::new(routes),
-                dispatchers: Mutex::new(Vec::new()),
+                dispatchers: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -242,7 +243,22 @@ impl LocalBus {
         if config.max_attempts == 0 || config.max_in_flight == 0 {
             return Err(BusError::Invalid("max_attempts and max_in_flight must be at least 1".into()));
         }
+        let attached = {
+            let routes = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
+            routes.values().flatten().any(|r| r.subscription == config.name && r.sender.is_some())
+        };
+        if attached {
+            return Err(BusError::Invalid(format!("subscription {} is already attached", config.name)));
+        }
+        // A dispatcher left running by a shutdown that timed out still holds deliveries in
+        // flight: stop it before its rows are loaded again, or they would run twice.
+        let leftover = self.inner.dispatchers.lock().unwrap_or_else(|p| p.into_inner()).remove(&config.name);
+        if let Some(old) = leftover {
+            old.abort();
+            let _ = old.await;
+        }
         let (sender, receiver) = mpsc::unbounded_channel();
+        let registered = sender.clone();
         let inner = Arc::clone(&self.inner);
         let name = config.name.clone();
         let topic = config.topic;
@@ -270,16 +286,32 @@ impl LocalBus {
                 },
                 |_| {},
             )
-            .await
-            .map_err(BusError::Unavailable)?;
-        let now_ms = epoch_ms(self.inner.clock.now());
+            .await;
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // The batch did not commit: take the route back out.
+                let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
+                for route in routes.values_mut().flatten() {
+                    if route.sender.as_ref().is_some_and(|s| s.same_channel(&registered)) {
+                        route.sender = None;
+                    }
+                }
+                return Err(BusError::Unavailable(e));
+            }
+        };
+        // Retry times are wall-clock instants written by the dispatcher (`Utc::now()`); a wait is
+        // never longer than the longest backoff, whatever the clock did meanwhile.
+        let now_ms = epoch_ms(Utc::now());
+        let longest = config.max_backoff.mul_f64(1.25);
+        let name = config.name.clone();
         let mut dispatcher = Dispatcher::new(config, endpoint, self.inner.committer.clone(), receiver);
         for (pending, next_attempt_ms) in loaded {
-            let wait = u64::try_from(next_attempt_ms - now_ms).ok().map(Duration::from_millis);
+            let wait = u64::try_from(next_attempt_ms - now_ms).ok().map(|ms| Duration::from_millis(ms).min(longest));
             dispatcher.enqueue(pending, wait.map(|w| Instant::now() + w));
         }
         let handle = tokio::spawn(dispatcher.run());
-        self.inner.dispatchers.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+        self.inner.dispatchers.lock().unwrap_or_else(|p| p.into_inner()).insert(name, handle);
         Ok(())
     }
 
@@ -292,9 +324,15 @@ impl LocalBus {
                 route.sender = None;
             }
         }
-        let handles: Vec<_> = std::mem::take(&mut *self.inner.dispatchers.lock().unwrap_or_else(|p| p.into_inner()));
+        let handles: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.inner.dispatchers.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_values()
+                .collect();
+        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
         let all = futures_util::future::join_all(handles);
         if tokio::time::timeout(grace, all).await.is_err() {
+            // Deliveries still running are cancelled; their messages stay pending on disk.
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
             tracing::warn!(?grace, "bus dispatchers did not finish in time; pending deliveries resume on next start");
         }
     }

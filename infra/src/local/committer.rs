@@ -134,8 +134,19 @@ fn run_batch(conn: &mut Connection, mut batch: Vec<Box<dyn WriteJob>>) {
                     savepoint.commit()?;
                     outcomes.push(Ok(()));
                 }
-                // Dropping the savepoint rolls this write back, and only this one.
-                Err(e) => outcomes.push(Err(e)),
+                // Dropping the savepoint rolls this write back, and only this one...
+                Err(e) => {
+                    drop(savepoint);
+                    // ...unless the error (disk full, I/O) rolled back the whole transaction:
+                    // then later savepoints would commit on their own, so the batch fails whole.
+                    if tx.is_autocommit() {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                            Some(format!("the transaction was rolled back by a failed write: {e}")),
+                        ));
+                    }
+                    outcomes.push(Err(e));
+                }
             }
         }
         tx.commit()
@@ -145,6 +156,58 @@ fn run_batch(conn: &mut Connection, mut batch: Vec<Box<dyn WriteJob>>) {
         Err(e) => {
             let message = format!("sqlite: {e}");
             batch.into_iter().for_each(|job| job.finish(Err(message.clone())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Whatever a failing write does to the transaction, every caller's answer matches what is
+    /// in the database: no write reported failed is committed, none reported done is missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reported_outcomes_match_the_database_when_a_write_fills_the_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("t.db"), "CREATE TABLE IF NOT EXISTS t (n INTEGER, payload BLOB);")
+            .expect("open");
+        db.with_writer(|conn| conn.pragma_update(None, "max_page_count", 64)).expect("cap the file at 64 pages");
+        let committer = Committer::start(Arc::clone(&db), "test").expect("start");
+        // A slow first write, so the next three queue up behind it (in its batch or the next).
+        let slow = committer.submit(
+            |_| {
+                std::thread::sleep(Duration::from_millis(200));
+                Ok(())
+            },
+            |_| {},
+        );
+        let insert = |n: i64, bytes: usize| {
+            committer.submit(
+                move |conn| {
+                    conn.execute("INSERT INTO t (n, payload) VALUES (?1, ?2)", rusqlite::params![n, vec![7u8; bytes]])
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                },
+                |_| {},
+            )
+        };
+        let (small_before, huge, small_after) = (insert(1, 10), insert(2, 1024 * 1024), insert(3, 10));
+        let _ = slow.await.expect("answered");
+        let outcomes = [
+            (1, small_before.await.expect("answered")),
+            (2, huge.await.expect("answered")),
+            (3, small_after.await.expect("answered")),
+        ];
+        assert!(outcomes[1].1.is_err(), "a 1 MB row cannot fit in 64 pages");
+        let stored: Vec<i64> = db
+            .with_writer(|conn| {
+                let mut stmt = conn.prepare("SELECT n FROM t ORDER BY n")?;
+                stmt.query_map([], |row| row.get(0))?.collect::<Result<Vec<i64>, _>>()
+            })
+            .expect("read back");
+        for (n, outcome) in outcomes {
+            assert_eq!(outcome.is_ok(), stored.contains(&n), "write {n}: reported {outcome:?}, stored {stored:?}");
         }
     }
 }

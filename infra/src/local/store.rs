@@ -328,6 +328,7 @@ impl Store for LocalStore {
                 _ => None,
             })
             .collect();
+        let appended = self.appended.clone();
         let committed = self
             .db
             .write(move |conn| {
@@ -337,13 +338,14 @@ impl Store for LocalStore {
                     results.push(apply(&tx, write, &now)?);
                 }
                 tx.commit().map_err(sql)?;
+                // Wake watchers here, right after the commit: if the caller's future is dropped
+                // meanwhile, the append still stands and must still be seen.
+                for session in sessions {
+                    let _ = appended.send(session);
+                }
                 Ok::<_, StoreError>(Committed { results })
             })
             .await?;
-        for session in sessions {
-            // No receiver means no watcher; nothing to wake.
-            let _ = self.appended.send(session);
-        }
         Ok(committed)
     }
 

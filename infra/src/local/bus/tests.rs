@@ -325,3 +325,20 @@ fn backoff_doubles_with_bounded_jitter_up_to_the_cap() {
         assert!(config.backoff(40) <= Duration::from_secs(75));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_cannot_be_attached_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = open(dir.path());
+    let calls: Calls = Arc::default();
+    bus.subscribe(fast("once"), scripted(vec![200], Arc::clone(&calls))).await.expect("first");
+    let err = bus.subscribe(fast("once"), scripted(vec![200], Arc::clone(&calls))).await.expect_err("second");
+    assert!(err.to_string().contains("already attached"), "{err}");
+    // After a shutdown it can be attached again, and nothing is delivered twice.
+    bus.shutdown(Duration::from_secs(1)).await;
+    bus.subscribe(fast("once"), scripted(vec![200], Arc::clone(&calls))).await.expect("after shutdown");
+    bus.publish(Topic::Deployments, message("m", None)).await.expect("publish");
+    wait_for("delivery", || calls.lock().expect("calls").len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(calls.lock().expect("calls").len(), 1);
+}

@@ -273,3 +273,19 @@ fn keys_and_empty_appends_are_validated() {
         assert!(matches!(err, StoreError::Invalid(_)));
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_caller_went_away_still_wakes_watchers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let session = SessionId::parse("s1").expect("id");
+    let mut watch = store.watch(Scope::All, session.clone(), 0);
+    let waiting = tokio::spawn(async move { watch.next().await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // The caller gives up at once (a deadline, a disconnected client); the write goes on.
+    let append = store.commit(vec![Write::Append { session, owner: user("alice"), events: vec![event(1)] }]);
+    let _ = tokio::time::timeout(std::time::Duration::ZERO, append).await;
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+    let event = woken.expect("the watcher was woken").expect("task").expect("stream open").expect("event");
+    assert_eq!(event.seq, 1);
+}
