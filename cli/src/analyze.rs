@@ -30,7 +30,7 @@ pub async fn run(target: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.
-fn write_stdout(text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -39,7 +39,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn clone(url: &str, dest: &Path) -> anyhow::Result<()> {
+pub(crate) async fn clone(url: &str, dest: &Path) -> anyhow::Result<()> {
     let mut command = tokio::process::Command::new("git");
     command
         .args(["clone", "--depth", "1", "--quiet", "--no-tags", "--", url])

