@@ -100,9 +100,11 @@ pub fn listen_on_port(service: &Service, command: &str) -> (String, Vec<Rewrite>
         )),
         _ => None,
     };
-    // Only rewrite what does not honour $PORT already.
+    // Only rewrite what does not honour $PORT already. gunicorn, uvicorn and streamlit do not
+    // read PORT whatever the app's code does, so their commands are always rewritten.
+    let server_ignores_port = matches!(first, "gunicorn" | "uvicorn" | "streamlit");
     if let Some((to, reason)) = rewritten
-        && !(service.honours_port && !matches!(first, "gunicorn" | "uvicorn" | "streamlit"))
+        && (!service.honours_port || server_ignores_port)
         && !command.contains("$PORT")
     {
         static SPACES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("valid regex"));
