@@ -40,6 +40,9 @@ pub async fn run(target: &str, write: bool) -> anyhow::Result<()> {
         Origin::Repository => eprintln!("Using the repository's own Dockerfile ({}/Dockerfile).", service.app_dir),
         Origin::Generated { template } => eprintln!("Generated from the analysis (template {template})."),
     }
+    if let Some(image) = &plan.base_image {
+        eprintln!("Base image: {image}.");
+    }
     match plan.listen {
         Listen::Env => eprintln!("Listens on $PORT."),
         Listen::Fixed { port } => eprintln!("Listens on port {port}, fixed in the app."),

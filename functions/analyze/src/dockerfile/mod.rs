@@ -32,6 +32,8 @@ pub struct Plan {
     /// How the container listens: on `$PORT`, or on a port fixed in the app.
     pub listen: Listen,
     pub start_command: Option<String>,
+    /// The final stage's base image.
+    pub base_image: Option<String>,
     pub rewrites: Vec<Rewrite>,
     /// Things the user should know (a fixed port, a missing start command).
     pub notes: Vec<String>,
@@ -451,6 +453,7 @@ pub fn plan(service: &Service, existing: Option<&str>) -> Result<Plan, PlanError
             dockerignore: DOCKERIGNORE.to_owned(),
             listen,
             start_command: facts.start_command.map(|(c, _)| c),
+            base_image: facts.base_image,
             rewrites: Vec::new(),
             notes,
         });
@@ -466,9 +469,11 @@ pub fn plan(service: &Service, existing: Option<&str>) -> Result<Plan, PlanError
             && service.build_command.is_some());
     if static_build {
         let template = static_site(service, &mut df);
+        let dockerfile = df.text();
         return Ok(Plan {
             origin: Origin::Generated { template },
-            dockerfile: df.text(),
+            base_image: read_dockerfile(&dockerfile).base_image,
+            dockerfile,
             dockerignore: DOCKERIGNORE.to_owned(),
             listen: Listen::Env,
             start_command: None,
@@ -509,13 +514,68 @@ pub fn plan(service: &Service, existing: Option<&str>) -> Result<Plan, PlanError
     if language != Language::Go {
         df.start(&command);
     }
+    let dockerfile = df.text();
     Ok(Plan {
         origin: Origin::Generated { template },
-        dockerfile: df.text(),
+        base_image: read_dockerfile(&dockerfile).base_image,
+        dockerfile,
         dockerignore: DOCKERIGNORE.to_owned(),
         listen,
         start_command: Some(command),
         rewrites,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repository_dockerfile_is_kept_and_reported_on() {
+        let service = Service { language: Some(Language::Python), port: Some(9000), ..Service::empty(".") };
+        let own = "FROM python:3.12-slim AS base\nFROM base\nEXPOSE 9000\nCMD [\"python\", \"app.py\"]\n";
+        let plan = plan(&service, Some(own)).expect("plan");
+        assert_eq!(plan.origin, Origin::Repository);
+        assert_eq!(plan.dockerfile, own, "kept byte for byte");
+        assert_eq!(plan.base_image.as_deref(), Some("base"));
+        assert_eq!(plan.start_command.as_deref(), Some("python app.py"));
+        assert_eq!(plan.listen, Listen::Fixed { port: 9000 });
+        assert!(plan.notes.iter().any(|n| n.contains("exposes 9000, not $PORT")), "{:?}", plan.notes);
+
+        let bare = plan_for_bare();
+        assert!(bare.notes.iter().any(|n| n.contains("no CMD or ENTRYPOINT")));
+    }
+
+    fn plan_for_bare() -> Plan {
+        let service = Service { language: Some(Language::Go), ..Service::empty(".") };
+        plan(&service, Some("FROM golang:1.22\n")).expect("plan")
+    }
+
+    #[test]
+    fn nothing_to_build_and_no_start_command_are_clear_errors() {
+        let err = plan(&Service::empty("."), None).expect_err("nothing found");
+        assert!(err.to_string().contains("no app"), "{err}");
+        let python = Service { language: Some(Language::Python), ..Service::empty(".") };
+        let err = plan(&python, None).expect_err("no start command");
+        assert!(err.to_string().contains("Procfile"), "says what to do: {err}");
+    }
+
+    #[test]
+    fn versions_are_pinned_from_the_repository() {
+        let service = Service {
+            language: Some(Language::Python),
+            runtime_version: Some("3.11.9".into()),
+            start_command: Some("gunicorn app:app".into()),
+            system_packages: vec!["libpq-dev".into()],
+            ..Service::empty(".")
+        };
+        let plan = plan(&service, None).expect("plan");
+        assert!(plan.dockerfile.contains("FROM python:3.11-slim"), "{}", plan.dockerfile);
+        assert!(plan.dockerfile.contains("--no-install-recommends libpq-dev && rm -rf /var/lib/apt/lists/*"));
+        assert!(plan.dockerfile.contains("USER app"));
+        let deps = plan.dockerfile.find("pip install -r").expect("deps");
+        let source = plan.dockerfile.find("COPY . .").expect("source");
+        assert!(deps < source, "dependency layers come before the source");
+    }
 }
