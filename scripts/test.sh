@@ -11,6 +11,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "tools"
 ./scripts/install-tools.sh
+# Where pip put hadolint, for the tests that lint generated Dockerfiles.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin"
+export PATH
 
 step "format"
 cargo fmt --all -- --check
