@@ -19,8 +19,11 @@
 //! - [`function`]: the `/healthz` probe every function router has.
 //! - [`serve`]: `serve(listener, router, shutdown)` with a bounded grace period.
 //! - [`clock`]: time behind a trait so tests control it.
+//! - [`dockerfile`]: Dockerfiles parsed into stages and instructions, for the analyzer and the
+//!   local builder.
 
 pub mod clock;
+pub mod dockerfile;
 pub mod envelope;
 pub mod events;
 pub mod function;

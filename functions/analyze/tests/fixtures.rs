@@ -187,8 +187,8 @@ fn huge_repositories_are_analyzed_within_the_caps() {
     assert!(repo.take_warnings().iter().any(|w| w.contains("data.csv is larger")));
 }
 
-/// Every fixture's Dockerfile (generated, or the repository's own) passes hadolint with nothing
-/// above "info", and reads back to the start command the plan reports.
+/// Every Dockerfile DevGem generates for a fixture passes hadolint with nothing above "info",
+/// parses with the strict parser, and reads back to the start command the plan reports.
 #[test]
 fn every_fixture_gets_a_lint_clean_dockerfile_that_reads_back() {
     use devgem_analyze::dockerfile::{Origin, plan};
@@ -242,6 +242,10 @@ fn every_fixture_gets_a_lint_clean_dockerfile_that_reads_back() {
                     String::from_utf8_lossy(&out.stdout),
                     plan.dockerfile
                 ));
+            }
+            // The strict parser (what the local builder executes) accepts every generated file.
+            if let Err(e) = devgem_common::dockerfile::parse(&plan.dockerfile) {
+                failures.push(format!("{name} ({}): does not parse: {e}\n{}", service.app_dir, plan.dockerfile));
             }
             let read_back = devgem_analyze::analyzer::deploy_config::read_dockerfile(&plan.dockerfile);
             let expected = plan.start_command.as_ref().map(|c| format!("exec {c}"));

@@ -1,6 +1,7 @@
 //! The repository's own deploy configuration, which wins over conventions: its Dockerfile
 //! (`FROM`, `EXPOSE`, `ENV PORT`, `CMD`/`ENTRYPOINT`) and its Procfile's `web:` process.
 
+use devgem_common::dockerfile::{Command, logical_lines};
 use regex::Regex;
 use std::sync::LazyLock;
 
@@ -14,49 +15,8 @@ pub struct DockerfileFacts {
     pub start_command: Option<(String, usize)>,
 }
 
-/// Joins backslash-continued lines, keeping the number of each instruction's first line.
-fn logical_lines(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut start = 0;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if current.is_empty() {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            start = i + 1;
-        } else if line.starts_with('#') {
-            continue;
-        }
-        if let Some(stripped) = line.strip_suffix('\\') {
-            current.push_str(stripped);
-            current.push(' ');
-        } else {
-            current.push_str(line);
-            out.push((start, std::mem::take(&mut current)));
-        }
-    }
-    if !current.is_empty() {
-        out.push((start, current));
-    }
-    out
-}
-
-/// `["a", "b"]` (exec form) or `a b` (shell form) as one shell-style string.
-fn command_text(args: &str) -> String {
-    let args = args.trim();
-    if args.starts_with('[')
-        && let Ok(parts) = serde_json::from_str::<Vec<String>>(args)
-    {
-        if parts.len() == 3 && parts[0].ends_with("sh") && parts[1] == "-c" {
-            return parts[2].clone();
-        }
-        return parts.join(" ");
-    }
-    args.to_owned()
-}
-
+/// What a Dockerfile says, read leniently: a repository's Dockerfile that the strict parser
+/// (`devgem_common::dockerfile::parse`) refuses is still read as far as it goes.
 pub fn read_dockerfile(text: &str) -> DockerfileFacts {
     let mut facts = DockerfileFacts::default();
     let mut entrypoint: Option<(String, usize)> = None;
@@ -85,8 +45,8 @@ pub fn read_dockerfile(text: &str) -> DockerfileFacts {
                     facts.env_port = Some((port, line_no));
                 }
             }
-            "ENTRYPOINT" => entrypoint = Some((command_text(args), line_no)),
-            "CMD" => cmd = Some((command_text(args), line_no)),
+            "ENTRYPOINT" => entrypoint = Some((Command::parse(args).text(), line_no)),
+            "CMD" => cmd = Some((Command::parse(args).text(), line_no)),
             _ => {}
         }
     }
