@@ -212,17 +212,17 @@ impl LocalBus {
     /// earlier run keep receiving published messages; they are delivered once attached.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, BusError> {
         let db = Db::open(path, SCHEMA)?;
-        let mut routes: HashMap<Topic, Vec<Route>> = HashMap::new();
-        {
-            let conn = rusqlite::Connection::open(path).map_err(sql)?;
+        // The writer thread has not started yet: read the declared subscriptions on its connection.
+        let declared = db.with_writer(|conn| -> Result<Vec<(String, String)>, BusError> {
             let mut stmt = conn.prepare("SELECT name, topic FROM subscriptions ORDER BY name").map_err(sql)?;
             let rows =
                 stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))).map_err(sql)?;
-            for row in rows {
-                let (name, topic) = row.map_err(sql)?;
-                if let Some(topic) = Topic::parse(&topic) {
-                    routes.entry(topic).or_default().push(Route { subscription: name, sender: None });
-                }
+            rows.collect::<Result<_, _>>().map_err(sql)
+        })?;
+        let mut routes: HashMap<Topic, Vec<Route>> = HashMap::new();
+        for (name, topic) in declared {
+            if let Some(topic) = Topic::parse(&topic) {
+                routes.entry(topic).or_default().push(Route { subscription: name, sender: None });
             }
         }
         let committer = Committer::start(Arc::clone(&db), "devgem-bus")?;

@@ -129,11 +129,16 @@ impl Ctx<'_> {
             let start = caps.get(0).map_or(0, |m| m.start());
             Some(Found {
                 file: file.to_owned(),
-                line: text[..start].bytes().filter(|b| *b == b'\n').count() + 1,
+                line: line_at(&text, start),
                 value: caps.iter().skip(1).flatten().next().map(|m| m.as_str().to_owned()),
             })
         })
     }
+}
+
+/// The 1-based line of a byte offset in `text`.
+pub fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
 /// The first version number in a constraint: `>=3.10,<4` → `3.10`, `^20.1` → `20.1`, `v18` → `18`.

@@ -1,6 +1,7 @@
 //! Environment variables the app reads: found in runtime code and the config it loads, by
 //! per-language patterns (docs/analyzer.md, Env vars). Tests, CI and tooling are excluded.
 
+use super::context::line_at;
 use super::model::EnvVar;
 use super::repo::{Repo, is_non_runtime};
 use regex::Regex;
@@ -162,10 +163,6 @@ fn patterns_for(path: &str) -> Option<&'static [Pattern]> {
     })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset].bytes().filter(|b| *b == b'\n').count() + 1
-}
-
 /// Reads a fallback expression as a literal when it is one.
 fn classify_fallback(expr: &str) -> Fallback {
     let expr = expr.trim().trim_end_matches(',').trim();
@@ -223,7 +220,7 @@ fn scan_text(path: &str, text: &str, patterns: &[Pattern], reads: &mut Vec<Read>
             reads.push(Read {
                 name: name.as_str().to_owned(),
                 fallback,
-                source: format!("{path}:{}", line_of(text, whole.start())),
+                source: format!("{path}:{}", line_at(text, whole.start())),
             });
         }
     }
@@ -255,7 +252,7 @@ fn apply_go_fallbacks(path: &str, text: &str, reads: &mut [Read]) {
         };
         let Ok(check) = Regex::new(&check) else { continue };
         if let Some(default) = check.captures(after) {
-            let source = format!("{path}:{}", line_of(text, whole.start()));
+            let source = format!("{path}:{}", line_at(text, whole.start()));
             for read in reads.iter_mut().filter(|r| r.name == name && r.source == source) {
                 read.fallback = Fallback::Literal(default[1].to_owned());
             }
@@ -284,7 +281,7 @@ fn scan_js_destructuring(path: &str, text: &str, reads: &mut Vec<Read>) {
             reads.push(Read {
                 name: name.to_owned(),
                 fallback: default.map_or(Fallback::None, classify_fallback),
-                source: format!("{path}:{}", line_of(text, whole.start())),
+                source: format!("{path}:{}", line_at(text, whole.start())),
             });
         }
     }
@@ -309,7 +306,7 @@ fn scan_pydantic_settings(path: &str, text: &str, reads: &mut Vec<Read>) {
             .collect();
         let body_text = body.join("\n");
         let prefix = PREFIX.captures(&body_text).map(|c| c[1].to_ascii_uppercase()).unwrap_or_default();
-        let first_line = line_of(text, body_start) + 1;
+        let first_line = line_at(text, body_start) + 1;
         let mut indent: Option<usize> = None;
         for (i, line) in body.iter().enumerate() {
             let Some(caps) = FIELD.captures(line) else { continue };

@@ -25,6 +25,7 @@ static LITERAL: LazyLock<Regex> = LazyLock::new(|| {
 });
 static READS_PORT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r#"os\.(?:Getenv|LookupEnv)\("PORT"\)"#).expect("valid regex"));
+static IMPORTS_NET_HTTP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r#""net/http""#).expect("valid regex"));
 static GIN_DEFAULT_RUN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\.Run\(\s*\)").expect("valid regex"));
 
 pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
@@ -46,7 +47,7 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
             ctx.note("framework", "go.mod", None, &format!("requires {module}"));
             Some(f)
         }
-        None => ctx.find(&[".go"], &Regex::new(r#""net/http""#).expect("valid regex")).map(|_| Framework::NetHttp),
+        None => ctx.find(&[".go"], &IMPORTS_NET_HTTP).map(|_| Framework::NetHttp),
     };
     // The main package: prefer cmd/server, then the root, then any cmd/*.
     let mut mains: Vec<String> = ctx

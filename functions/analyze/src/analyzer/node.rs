@@ -1,7 +1,7 @@
 //! JavaScript and TypeScript on Node, Bun and Deno: package.json (dependencies, scripts, main,
 //! engines, packageManager), lock files, and the server code's port.
 
-use super::context::{Ctx, first_version};
+use super::context::{Ctx, first_version, line_at};
 use super::model::{Framework, Language, PackageManager, Service};
 use regex::Regex;
 use serde_json::Value;
@@ -96,10 +96,6 @@ static PORT_LITERAL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\.listen\(\s*(\d{2,5})\b|\bport\s*:\s*(\d{2,5})\b|\b(?:const|let|var)\s+PORT\s*=\s*(\d{2,5})\b")
         .expect("valid regex")
 });
-
-fn line_at(text: &str, offset: usize) -> usize {
-    text[..offset].bytes().filter(|b| *b == b'\n').count() + 1
-}
 
 /// The port the server code picks: (port, honours $PORT, file, line).
 fn port_in_code(ctx: &Ctx<'_>) -> Option<(u16, bool, String, usize)> {
@@ -246,7 +242,6 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
             service.honours_port = honours;
         } else if service.framework.is_some() || service.start_command.is_some() {
             service.port = Some(3000);
-            service.honours_port = framework_reads_port;
         }
         if framework_reads_port {
             service.honours_port = true;

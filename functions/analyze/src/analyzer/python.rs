@@ -2,7 +2,7 @@
 //! Pipfile; the framework and the module that holds the app; port and start command by the
 //! rules of docs/analyzer.md.
 
-use super::context::{Ctx, first_version};
+use super::context::{Ctx, first_version, line_at};
 use super::model::{Framework, Language, PackageManager, Service};
 use regex::Regex;
 use std::collections::BTreeSet;
@@ -42,7 +42,6 @@ fn read_manifests(ctx: &mut Ctx<'_>) -> Manifests {
     let mut runtime_version = None;
     let mut poetry = false;
     let mut pdm = false;
-    let mut pep621 = false;
 
     let requirement_files: Vec<String> = ctx
         .top_level_files()
@@ -68,7 +67,6 @@ fn read_manifests(ctx: &mut Ctx<'_>) -> Manifests {
         match text.parse::<toml::Table>() {
             Ok(doc) => {
                 if let Some(project) = doc.get("project").and_then(|v| v.as_table()) {
-                    pep621 = true;
                     for dep in project.get("dependencies").and_then(|v| v.as_array()).into_iter().flatten() {
                         if let Some(name) = dep.as_str().and_then(requirement_name) {
                             deps.insert(name);
@@ -130,7 +128,6 @@ fn read_manifests(ctx: &mut Ctx<'_>) -> Manifests {
     } else if ctx.exists("Pipfile") {
         PackageManager::Pipenv
     } else {
-        let _ = pep621;
         PackageManager::Pip
     };
     Manifests { deps, package_manager, runtime_version }
@@ -186,10 +183,6 @@ fn find_site(
         let text = ctx.read(file)?;
         test(&text).map(|(line, var)| AppSite { file: file.clone(), line, var })
     })
-}
-
-fn line_at(text: &str, offset: usize) -> usize {
-    text[..offset].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
 fn module_of(file: &str) -> String {

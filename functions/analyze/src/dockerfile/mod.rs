@@ -469,17 +469,7 @@ pub fn plan(service: &Service, existing: Option<&str>) -> Result<Plan, PlanError
             && service.build_command.is_some());
     if static_build {
         let template = static_site(service, &mut df);
-        let dockerfile = df.text();
-        return Ok(Plan {
-            origin: Origin::Generated { template },
-            base_image: read_dockerfile(&dockerfile).base_image,
-            dockerfile,
-            dockerignore: DOCKERIGNORE.to_owned(),
-            listen: Listen::Env,
-            start_command: None,
-            rewrites: Vec::new(),
-            notes,
-        });
+        return Ok(generated(template, &df, Listen::Env, None, Vec::new(), notes));
     }
     let command = match (&service.start_command, language) {
         (Some(c), _) => container_command(service, c),
@@ -514,17 +504,29 @@ pub fn plan(service: &Service, existing: Option<&str>) -> Result<Plan, PlanError
     if language != Language::Go {
         df.start(&command);
     }
+    Ok(generated(template, &df, listen, Some(command), rewrites, notes))
+}
+
+/// A plan for a Dockerfile DevGem wrote.
+fn generated(
+    template: &'static str,
+    df: &Df,
+    listen: Listen,
+    start_command: Option<String>,
+    rewrites: Vec<Rewrite>,
+    notes: Vec<String>,
+) -> Plan {
     let dockerfile = df.text();
-    Ok(Plan {
+    Plan {
         origin: Origin::Generated { template },
         base_image: read_dockerfile(&dockerfile).base_image,
         dockerfile,
         dockerignore: DOCKERIGNORE.to_owned(),
         listen,
-        start_command: Some(command),
+        start_command,
         rewrites,
         notes,
-    })
+    }
 }
 
 #[cfg(test)]
