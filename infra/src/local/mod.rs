@@ -7,6 +7,7 @@
 //! ```
 
 pub mod blobs;
+pub mod builder;
 pub mod bus;
 mod committer;
 mod sqlite;

@@ -1,0 +1,220 @@
+//! The executor against real Dockerfiles on this machine: layers, multi-stage copies, the
+//! sandbox's guarantees (nothing written outside the builder's directory, secrets hidden), the
+//! layer cache, cancel, and errors that name the step and line.
+
+use super::*;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    context: PathBuf,
+    executor: Executor,
+}
+
+fn fixture_with_path(host_path: OsString) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let context = dir.path().join("app");
+    std::fs::create_dir_all(&context).expect("mkdir");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("admin.token"), "dg_secret").expect("write");
+    let executor = Executor::new(ExecutorConfig { root: data.join("builder"), hidden: vec![data.clone()], host_path })
+        .expect("executor");
+    Fixture { _dir: dir, data, context, executor }
+}
+
+fn fixture() -> Fixture {
+    fixture_with_path(std::env::var_os("PATH").unwrap_or_default())
+}
+
+type Lines = Arc<Mutex<Vec<LogLine>>>;
+
+fn job(f: &Fixture, id: &str, dockerfile: &str) -> (BuildJob, Lines, CancelHandle) {
+    let lines: Lines = Arc::default();
+    let sink = lines.clone();
+    let (handle, cancel) = cancel_pair();
+    let job = BuildJob {
+        build_id: id.to_owned(),
+        context: f.context.clone(),
+        dockerfile: dockerfile.to_owned(),
+        dockerignore: None,
+        log: Arc::new(move |line| sink.lock().expect("log lock").push(line)),
+        cancel,
+        timeout: Duration::from_secs(120),
+    };
+    (job, lines, handle)
+}
+
+fn write(dir: &Path, name: &str, content: &str) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, content).expect("write");
+}
+
+async fn run_image(f: &Fixture, image: &LocalImage, env: &[(&str, &str)]) -> String {
+    let upper = f.data.join("builder").join(format!("run-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&upper).expect("mkdir");
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let (mut command, _scratch) = image.command(f.executor.sandbox(), upper, &env).expect("command");
+    let out = command.output().await.expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn step_error(result: Result<BuildOutcome, BuildError>) -> (usize, usize, String) {
+    match result {
+        Err(BuildError::Step { step, line, reason, .. }) => (step, line, reason),
+        other => panic!("expected a step error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_multi_stage_build_writes_only_inside_the_builder_directory() {
+    let f = fixture();
+    write(&f.context, "greeting.txt", "hello from the context\n");
+    write(&f.context, "sub/data.txt", "nested\n");
+    let marker = format!("/devgem-test-{}", fastrand::u64(..));
+    let dockerfile = format!(
+        "FROM debian:bookworm-slim AS build\nWORKDIR /src\nCOPY greeting.txt sub ./\nRUN mkdir -p {marker} /out && cat greeting.txt data.txt > /out/both.txt && echo built\n\nFROM debian:bookworm-slim\nENV WHO=world\nENV GREETING=\"hi $WHO\"\nCOPY --from=build /out/both.txt /srv/\nWORKDIR /srv\nCMD [\"sh\", \"-c\", \"cat both.txt; echo $GREETING; ls {marker} 2>/dev/null || echo no-marker\"]\n"
+    );
+    let (job, lines, _h) = job(&f, "b1", &dockerfile);
+    let outcome = f.executor.build(job).await.expect("build");
+    assert!(!Path::new(&marker).exists(), "a RUN writing to {marker} must not touch the host");
+    assert!(!Path::new("/out/both.txt").exists());
+    assert_eq!(
+        outcome.image.start_command(),
+        format!("cat both.txt; echo $GREETING; ls {marker} 2>/dev/null || echo no-marker")
+    );
+    let lines = lines.lock().expect("lock").clone();
+    assert!(lines.iter().any(|l| l.step == 4 && l.text == "built"), "RUN output is logged with its step: {lines:?}");
+    assert!(lines.iter().any(|l| l.text.starts_with("Step 4/10 (line 4): RUN mkdir")), "{lines:?}");
+    let out = run_image(&f, &outcome.image, &[]).await;
+    assert_eq!(out, "hello from the context\nnested\nhi world\nno-marker\n");
+}
+
+#[tokio::test]
+async fn steps_cannot_read_the_data_dir_or_host_environment() {
+    let f = fixture();
+    let dockerfile = format!(
+        "FROM debian:bookworm-slim\nRUN cat {}/admin.token 2>/dev/null || echo hidden; echo \"home=$HOME path=$PATH host=${{CARGO_MANIFEST_DIR:-none}}\"\nCMD [\"true\"]\n",
+        f.data.display()
+    );
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "the test process has a variable the step must not see");
+    let (job, lines, _h) = job(&f, "b2", &dockerfile);
+    let outcome = f.executor.build(job).await.expect("build");
+    assert_eq!(outcome.steps_run, 1);
+    let texts: Vec<String> = lines.lock().expect("lock").iter().map(|l| l.text.clone()).collect();
+    assert!(texts.contains(&"hidden".to_owned()), "{texts:?}");
+    let expected = format!("home=/root path={} host=none", super::toolchain::DEFAULT_PATH);
+    assert!(texts.contains(&expected), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.contains("dg_secret")));
+}
+
+#[tokio::test]
+async fn unchanged_steps_come_from_the_layer_cache_and_a_changed_source_reruns_what_follows() {
+    let f = fixture();
+    write(&f.context, "deps.txt", "a\n");
+    write(&f.context, "app.txt", "v1\n");
+    let dockerfile = "FROM debian:bookworm-slim\nWORKDIR /app\nCOPY deps.txt .\nRUN cp deps.txt installed.txt && echo installing\nCOPY app.txt .\nCMD [\"cat\", \"installed.txt\", \"app.txt\"]\n";
+    let (first, _, _h) = job(&f, "c1", dockerfile);
+    let first = f.executor.build(first).await.expect("first build");
+    assert_eq!((first.steps_run, first.steps_cached), (3, 0));
+    let (second, lines, _h) = job(&f, "c2", dockerfile);
+    let second = f.executor.build(second).await.expect("second build");
+    assert_eq!((second.steps_run, second.steps_cached), (0, 3));
+    assert_eq!(second.image.digest, first.image.digest);
+    assert!(!lines.lock().expect("lock").iter().any(|l| l.text == "installing"), "the RUN did not run again");
+    write(&f.context, "app.txt", "v2\n");
+    let (third, _, _h) = job(&f, "c3", dockerfile);
+    let third = f.executor.build(third).await.expect("third build");
+    assert_eq!((third.steps_run, third.steps_cached), (1, 2), "only the changed COPY runs");
+    assert_eq!(run_image(&f, &third.image, &[]).await, "a\nv2\n");
+}
+
+#[tokio::test]
+async fn errors_name_the_step_and_line() {
+    let f = fixture();
+    write(&f.context, "ok.txt", "x");
+    let (j, _, _h) =
+        job(&f, "e1", "FROM debian:bookworm-slim\nCOPY ok.txt /\nRUN echo about to fail && exit 3\nCMD [\"true\"]\n");
+    match f.executor.build(j).await {
+        Err(BuildError::Step { step, line, reason, tail, .. }) => {
+            assert_eq!((step, line), (3, 3));
+            assert_eq!(reason, "the command exited with status 3");
+            assert_eq!(tail, vec!["about to fail"]);
+        }
+        other => panic!("expected a step error, got {other:?}"),
+    }
+    let (j, _, _h) = job(&f, "e2", "FROM debian:bookworm-slim\n\nCOPY missing.txt /\nCMD [\"true\"]\n");
+    let (step, line, reason) = step_error(f.executor.build(j).await);
+    assert_eq!((step, line), (2, 3));
+    assert!(reason.contains("missing.txt was not found in the build context"), "{reason}");
+    let (j, _, _h) = job(&f, "e3", "FROM debian:bookworm-slim\nCOPY ../../etc/passwd /x\nCMD [\"true\"]\n");
+    let (_, line, reason) = step_error(f.executor.build(j).await);
+    assert_eq!(line, 2);
+    assert!(reason.contains("outside the build context"), "{reason}");
+    let (j, _, _h) = job(&f, "e4", "FROM mycorp/runtime:1\nCMD [\"true\"]\n");
+    let (step, line, reason) = step_error(f.executor.build(j).await);
+    assert_eq!((step, line), (1, 1));
+    assert!(reason.contains("no stand-in"), "{reason}");
+    let (j, _, _h) = job(
+        &f,
+        "e5",
+        "FROM debian:bookworm-slim\nRUN apt-get update && apt-get install -y --no-install-recommends coreutils devgem-no-such-pkg && rm -rf /var/lib/apt/lists/*\n",
+    );
+    let (_, line, reason) = step_error(f.executor.build(j).await);
+    assert_eq!(line, 2);
+    assert!(
+        reason.contains("missing on this machine: devgem-no-such-pkg") && !reason.contains("coreutils"),
+        "{reason}"
+    );
+    let (j, _, _h) = job(&f, "e6", "FROM debian:bookworm-slim\nRUN true\n");
+    let (_, line, reason) = step_error(f.executor.build(j).await);
+    assert_eq!(line, 1);
+    assert!(reason.contains("no CMD or ENTRYPOINT"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_missing_toolchain_fails_at_from_with_how_to_install_it() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let f = fixture_with_path(empty.path().as_os_str().to_owned());
+    let (j, _, _h) = job(&f, "t1", "# comment\nFROM golang:1.22 AS build\nRUN go build\n");
+    let (step, line, reason) = step_error(f.executor.build(j).await);
+    assert_eq!((step, line), (1, 2));
+    assert!(
+        reason.contains("needs Go (`go`), which is not installed") && reason.contains("apt-get install golang-go"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_kills_the_running_step_at_once() {
+    let f = fixture();
+    let (j, lines, handle) =
+        job(&f, "k1", "FROM debian:bookworm-slim\nRUN (sleep 300 &) ; echo started; sleep 300\nCMD [\"true\"]\n");
+    let build = tokio::spawn({
+        let executor = Arc::new(f.executor);
+        async move { executor.build(j).await }
+    });
+    for _ in 0..200 {
+        if lines.lock().expect("lock").iter().any(|l| l.text == "started") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let started = std::time::Instant::now();
+    handle.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(5), build).await.expect("ends promptly").expect("joins");
+    assert!(matches!(result, Err(BuildError::Cancelled)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "cancel took {:?}", started.elapsed());
+    let survivors = std::process::Command::new("pgrep").args(["-f", "sleep 300"]).output().expect("pgrep");
+    assert!(
+        survivors.stdout.is_empty(),
+        "no process of the step survives: {}",
+        String::from_utf8_lossy(&survivors.stdout)
+    );
+}
