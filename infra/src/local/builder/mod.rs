@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data dir>/builder/layers/<key>/    one directory per cached step (overlay layers)
-//! <data dir>/builder/builds/<id>/     staged COPY sources, image.json, log
+//! <data dir>/builder/builds/<id>/     staged COPY sources, image.json, log.jsonl
 //! <data dir>/builder/cache/           pip, npm, Go and Cargo download caches
 //! <data dir>/builder/scratch/         mount points and overlay work dirs of running steps
 //! ```
@@ -13,6 +13,7 @@ mod apt;
 mod context;
 mod executor;
 mod image;
+mod port;
 mod sandbox;
 mod toolchain;
 
@@ -20,6 +21,7 @@ pub use executor::{
     BuildError, BuildJob, BuildOutcome, Cancel, CancelHandle, Executor, ExecutorConfig, LogLine, LogSink, cancel_pair,
 };
 pub use image::LocalImage;
+pub use port::{LOG_FILE, LocalBuilder, executor_for, image_name};
 pub use sandbox::{Sandbox, SandboxError, Scratch, kill_group};
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! layer cache, cancel, and errors that name the step and line.
 
 use super::*;
+use devgem_common::ports::builder::BuilderError;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,16 @@ fn fixture_with_path(host_path: OsString) -> Fixture {
     let executor = Executor::new(ExecutorConfig { root: data.join("builder"), hidden: vec![data.clone()], host_path })
         .expect("executor");
     Fixture { _dir: dir, data, context, executor }
+}
+
+/// A second executor on the fixture's data dir (an executor may be shared; tests keep `f` whole).
+fn fixture_executor(f: &Fixture) -> Executor {
+    Executor::new(ExecutorConfig {
+        root: f.data.join("builder"),
+        hidden: vec![f.data.clone()],
+        host_path: std::env::var_os("PATH").unwrap_or_default(),
+    })
+    .expect("executor")
 }
 
 fn fixture() -> Fixture {
@@ -217,4 +228,119 @@ async fn cancel_kills_the_running_step_at_once() {
         "no process of the step survives: {}",
         String::from_utf8_lossy(&survivors.stdout)
     );
+}
+
+/// A bus that keeps what is published, to read the builder's notifications.
+#[derive(Debug, Default)]
+struct RecordingBus {
+    messages: Mutex<Vec<(devgem_common::events::Topic, devgem_common::ports::bus::OutboundMessage)>>,
+    notify: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl devgem_common::ports::bus::Bus for RecordingBus {
+    async fn publish(
+        &self,
+        topic: devgem_common::events::Topic,
+        message: devgem_common::ports::bus::OutboundMessage,
+    ) -> Result<String, devgem_common::ports::bus::BusError> {
+        let mut messages = self.messages.lock().expect("lock");
+        messages.push((topic, message));
+        self.notify.notify_waiters();
+        Ok(messages.len().to_string())
+    }
+}
+
+impl RecordingBus {
+    async fn notification(&self, index: usize) -> devgem_common::events::cloud_build::CloudBuildNotification {
+        loop {
+            let notified = self.notify.notified();
+            if let Some((topic, message)) = self.messages.lock().expect("lock").get(index).cloned() {
+                assert_eq!(topic, devgem_common::events::Topic::CloudBuilds);
+                return devgem_common::events::cloud_build::CloudBuildNotification::decode(
+                    &message.attributes,
+                    &message.data,
+                )
+                .expect("a Cloud Build notification");
+            }
+            tokio::time::timeout(Duration::from_secs(60), notified).await.expect("published in time");
+        }
+    }
+}
+
+fn request(f: &Fixture, dockerfile: &str) -> devgem_common::ports::builder::BuildRequest {
+    use devgem_common::ports::source::{SourceLocation, SourceSpec};
+    devgem_common::ports::builder::BuildRequest {
+        deployment_id: "0190a4c3104a7e21b6d3f08c5a92e4b7".parse().expect("id"),
+        owner: devgem_common::ids::UserId::parse("u1").expect("user"),
+        service: devgem_common::ids::ServiceName::parse("hello").expect("service"),
+        source: SourceSpec { location: SourceLocation::Local { path: f.context.clone() }, git_ref: None },
+        dockerfile: dockerfile.to_owned(),
+        extra_files: [(".dockerignore".to_owned(), "secret.txt\n".to_owned())].into(),
+        app_dir: ".".to_owned(),
+        timeout: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn the_port_publishes_cloud_build_shaped_progress_and_completion() {
+    use devgem_common::events::cloud_build::BuildStatus;
+    use devgem_common::ports::builder::Builder as _;
+    let f = fixture();
+    write(&f.context, "hello.txt", "hi\n");
+    write(&f.context, "secret.txt", "do not copy\n");
+    let bus = Arc::new(RecordingBus::default());
+    let executor = Arc::new(fixture_executor(&f));
+    let builder = LocalBuilder::new(executor, bus.clone(), Arc::new(devgem_common::clock::SystemClock));
+    let handle = builder
+        .submit(request(
+            &f,
+            "FROM debian:bookworm-slim\nCOPY . /srv/\nRUN ls /srv\nCMD [\"cat\", \"/srv/hello.txt\"]\n",
+        ))
+        .await
+        .expect("submitted");
+    let working = bus.notification(0).await;
+    assert_eq!((working.build_id.as_str(), working.status), (handle.build_id.as_str(), BuildStatus::Working));
+    assert_eq!(working.build.deployment_tag(), Some("0190a4c3104a7e21b6d3f08c5a92e4b7"));
+    let done = bus.notification(1).await;
+    assert_eq!(done.status, BuildStatus::Success, "{:?}", done.build.status_detail);
+    assert!(done.build.finish_time.is_some());
+    assert_eq!(done.build.images, vec![format!("devgem.local/u1/hello:{}", handle.build_id)]);
+    let log: Vec<String> = builder.log(&handle.build_id).expect("log").into_iter().map(|l| l.text).collect();
+    assert!(log.contains(&"hello.txt".to_owned()), "{log:?}");
+    assert!(!log.contains(&"secret.txt".to_owned()), "the .dockerignore given with the request applies: {log:?}");
+    let image = LocalImage::load(&builder.executor().build_dir(&handle.build_id)).expect("image saved");
+    assert_eq!(image.start_command(), "cat /srv/hello.txt");
+    assert!(matches!(builder.cancel(&handle.build_id).await, Err(BuilderError::NotFound(_))), "a finished build");
+}
+
+#[tokio::test]
+async fn the_port_reports_failures_and_cancels_as_cloud_build_does() {
+    use devgem_common::events::cloud_build::BuildStatus;
+    use devgem_common::ports::builder::Builder as _;
+    let f = fixture();
+    let bus = Arc::new(RecordingBus::default());
+    let executor = Arc::new(fixture_executor(&f));
+    let builder = LocalBuilder::new(executor, bus.clone(), Arc::new(devgem_common::clock::SystemClock));
+    builder.submit(request(&f, "FROM debian:bookworm-slim\nRUN exit 4\nCMD [\"true\"]\n")).await.expect("submitted");
+    let failed = bus.notification(1).await;
+    assert_eq!(failed.status, BuildStatus::Failure);
+    let info = failed.build.failure_info.expect("failure info");
+    assert_eq!(info.kind.as_deref(), Some("USER_BUILD_STEP"));
+    assert!(info.detail.is_some_and(|d| d.contains("step 2/3 (line 2)") && d.contains("status 4")));
+
+    let handle = builder
+        .submit(request(&f, "FROM debian:bookworm-slim\nRUN sleep 300\nCMD [\"true\"]\n"))
+        .await
+        .expect("submitted");
+    bus.notification(2).await;
+    for _ in 0..200 {
+        if builder.log(&handle.build_id).is_ok_and(|l| l.iter().any(|l| l.text.contains("RUN sleep"))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    builder.cancel(&handle.build_id).await.expect("cancel a running build");
+    let cancelled = tokio::time::timeout(Duration::from_secs(3), bus.notification(3)).await.expect("ends at once");
+    assert_eq!((cancelled.build_id, cancelled.status), (handle.build_id, BuildStatus::Cancelled));
 }

@@ -1,0 +1,203 @@
+//! The Builder port on the embedded default: a submitted build runs in the background on the
+//! [`Executor`], its log goes to `builds/<id>/log.jsonl`, and its progress and completion are
+//! published on `cloud-builds` in Cloud Build's own notification shape, so the build function's
+//! completion handler is the same for both paths.
+
+use super::executor::{BuildError, BuildJob, CancelHandle, Executor, LogLine, cancel_pair};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use devgem_common::clock::Clock;
+use devgem_common::events::Topic;
+use devgem_common::events::cloud_build::{Build, BuildStatus, CloudBuildNotification, FailureInfo};
+use devgem_common::ports::builder::{BuildHandle, BuildRequest, Builder, BuilderError};
+use devgem_common::ports::bus::{Bus, OutboundMessage};
+use devgem_common::ports::source::SourceLocation;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The log file of a build, one JSON [`LogLine`] per line.
+pub const LOG_FILE: &str = "log.jsonl";
+
+/// The local Builder: builds local snapshots (the pipeline fetches repositories first).
+#[derive(Debug, Clone)]
+pub struct LocalBuilder {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    executor: Arc<Executor>,
+    bus: Arc<dyn Bus>,
+    clock: Arc<dyn Clock>,
+    running: Mutex<HashMap<String, CancelHandle>>,
+}
+
+/// The image name a local build reports, as Cloud Build reports the pushed image.
+pub fn image_name(request: &BuildRequest, build_id: &str) -> String {
+    format!("devgem.local/{}/{}:{build_id}", request.owner, request.service)
+}
+
+impl LocalBuilder {
+    pub fn new(executor: Arc<Executor>, bus: Arc<dyn Bus>, clock: Arc<dyn Clock>) -> Self {
+        Self { inner: Arc::new(Inner { executor, bus, clock, running: Mutex::new(HashMap::new()) }) }
+    }
+
+    pub fn executor(&self) -> &Arc<Executor> {
+        &self.inner.executor
+    }
+
+    /// The log of a build so far (or in full, once it has ended).
+    pub fn log(&self, build_id: &str) -> std::io::Result<Vec<LogLine>> {
+        let text = std::fs::read_to_string(self.inner.executor.build_dir(build_id).join(LOG_FILE))?;
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+}
+
+fn running(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<String, CancelHandle>> {
+    inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Builder for LocalBuilder {
+    async fn submit(&self, request: BuildRequest) -> Result<BuildHandle, BuilderError> {
+        let SourceLocation::Local { path } = &request.source.location else {
+            return Err(BuilderError::Refused(
+                "the local builder builds a fetched snapshot: pass its directory as a local source".into(),
+            ));
+        };
+        let context = path.join(&request.app_dir);
+        if !context.is_dir() {
+            return Err(BuilderError::Refused(format!("{} is not a directory", context.display())));
+        }
+        let build_id = uuid::Uuid::new_v4().to_string();
+        let build_dir = self.inner.executor.build_dir(&build_id);
+        std::fs::create_dir_all(&build_dir)
+            .map_err(|e| BuilderError::Unavailable(format!("{}: {e}", build_dir.display())))?;
+        let log_path = build_dir.join(LOG_FILE);
+        let log_file = std::fs::File::create(&log_path)
+            .map_err(|e| BuilderError::Unavailable(format!("{}: {e}", log_path.display())))?;
+        let (handle, cancel) = cancel_pair();
+        running(&self.inner).insert(build_id.clone(), handle);
+
+        let created = self.inner.clock.now();
+        let mut resource = Build {
+            id: build_id.clone(),
+            project_id: None,
+            status: BuildStatus::Working,
+            status_detail: None,
+            create_time: Some(created),
+            start_time: Some(created),
+            finish_time: None,
+            log_url: Some(format!("file://{}", log_path.display())),
+            logs_bucket: None,
+            images: vec![image_name(&request, &build_id)],
+            tags: vec![
+                format!("devgem-deployment-{}", request.deployment_id),
+                format!("devgem-service-{}", request.service),
+            ],
+            substitutions: [
+                ("_SERVICE".to_owned(), request.service.to_string()),
+                ("_APP_DIR".to_owned(), request.app_dir.clone()),
+            ]
+            .into(),
+            failure_info: None,
+            extra: serde_json::Map::from_iter([(
+                "timeout".to_owned(),
+                serde_json::Value::String(format!("{}s", request.timeout.as_secs())),
+            )]),
+        };
+        publish(&self.inner, &resource).await.map_err(BuilderError::Unavailable)?;
+
+        let log_file = Arc::new(Mutex::new(std::io::BufWriter::new(log_file)));
+        let sink = log_file.clone();
+        let job = BuildJob {
+            build_id: build_id.clone(),
+            context,
+            dockerfile: request.dockerfile.clone(),
+            dockerignore: request.extra_files.get(".dockerignore").cloned(),
+            log: Arc::new(move |line: LogLine| {
+                if let (Ok(mut file), Ok(json)) = (sink.lock(), serde_json::to_string(&line)) {
+                    let _ = writeln!(file, "{json}");
+                }
+            }),
+            cancel,
+            timeout: request.timeout,
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let result = inner.executor.build(job).await;
+            if let Ok(mut file) = log_file.lock() {
+                let _ = file.flush();
+            }
+            running(&inner).remove(&resource.id);
+            finish(&mut resource, result.as_ref().err(), inner.clock.now());
+            if let Ok(outcome) = &result {
+                resource.extra.insert(
+                    "results".to_owned(),
+                    serde_json::json!({ "images": [{ "name": resource.images.first(), "digest": format!("sha256:{}", outcome.image.digest) }] }),
+                );
+            }
+            // The completion must not be lost: retry until the bus takes it.
+            let mut delay = std::time::Duration::from_millis(100);
+            while let Err(e) = publish(&inner, &resource).await {
+                tracing::warn!(build_id = %resource.id, error = %e, "publishing the build's completion failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+        });
+        Ok(BuildHandle { build_id, log_url: Some(format!("file://{}", log_path.display())) })
+    }
+
+    async fn cancel(&self, build_id: &str) -> Result<(), BuilderError> {
+        match running(&self.inner).get(build_id) {
+            Some(handle) => {
+                handle.cancel();
+                Ok(())
+            }
+            None => Err(BuilderError::NotFound(build_id.to_owned())),
+        }
+    }
+}
+
+/// Sets the final status of `resource` from the build's result, as Cloud Build reports it.
+fn finish(resource: &mut Build, error: Option<&BuildError>, now: DateTime<Utc>) {
+    resource.finish_time = Some(now);
+    let (status, kind) = match error {
+        None => (BuildStatus::Success, None),
+        Some(BuildError::Cancelled) => (BuildStatus::Cancelled, None),
+        Some(BuildError::Timeout(_)) => (BuildStatus::Timeout, None),
+        Some(BuildError::Step { .. } | BuildError::Dockerfile(_)) => (BuildStatus::Failure, Some("USER_BUILD_STEP")),
+        Some(BuildError::Unavailable(_)) => (BuildStatus::InternalError, None),
+    };
+    resource.status = status;
+    if let Some(error) = error {
+        resource.status_detail = Some(error.to_string());
+        resource.failure_info = Some(FailureInfo { kind: kind.map(str::to_owned), detail: Some(error.to_string()) });
+    }
+}
+
+async fn publish(inner: &Inner, resource: &Build) -> Result<String, String> {
+    let notification =
+        CloudBuildNotification { build_id: resource.id.clone(), status: resource.status, build: resource.clone() };
+    let data = serde_json::to_vec(resource).map_err(|e| e.to_string())?;
+    let message = OutboundMessage {
+        data: data.into(),
+        attributes: notification.attributes(),
+        ordering_key: Some(resource.id.clone()),
+    };
+    inner.bus.publish(Topic::CloudBuilds, message).await.map_err(|e| e.to_string())
+}
+
+/// The executor's settings for a data dir: the builder's directory inside it, the data dir and
+/// the user's credential directories hidden from steps, host toolchains on this process's PATH.
+pub fn executor_for(data_dir: &Path) -> Result<Executor, BuildError> {
+    let mut hidden: Vec<PathBuf> = vec![std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned())];
+    hidden.extend(super::Sandbox::credential_paths());
+    Executor::new(super::ExecutorConfig {
+        root: hidden[0].join("builder"),
+        hidden,
+        host_path: std::env::var_os("PATH").unwrap_or_default(),
+    })
+}
