@@ -6,10 +6,21 @@
 use anyhow::{Context, bail};
 use devgem_analyze::analyzer::{analyze_dir, repo::Limits};
 use devgem_analyze::dockerfile::port::Listen;
-use devgem_analyze::dockerfile::{Origin, plan};
+use devgem_analyze::dockerfile::{Origin, Plan, plan};
 use std::path::Path;
 
-pub async fn run(target: &str, write: bool) -> anyhow::Result<()> {
+/// A repository ready to build: where the service is and the Dockerfile to build it with.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Holds a cloned repository for as long as the plan is in use.
+    _clone: tempfile::TempDir,
+    pub service_dir: std::path::PathBuf,
+    pub plan: Plan,
+}
+
+/// Analyzes `target` (a directory or an https git URL) and plans its Dockerfile, telling on
+/// stderr what was decided. `write` only checks that `target` is a directory.
+pub async fn prepare(target: &str, write: bool) -> anyhow::Result<Prepared> {
     if target.contains("://") || target.starts_with("git@") {
         if write {
             bail!("--write needs a local directory; clone the repository first");
@@ -53,6 +64,11 @@ pub async fn run(target: &str, write: bool) -> anyhow::Result<()> {
     for note in &plan.notes {
         eprintln!("Note: {note}");
     }
+    Ok(Prepared { _clone: dir, service_dir, plan })
+}
+
+pub async fn run(target: &str, write: bool) -> anyhow::Result<()> {
+    let Prepared { service_dir, plan, .. } = prepare(target, write).await?;
     if write {
         for (name, contents) in [("Dockerfile", &plan.dockerfile), (".dockerignore", &plan.dockerignore)] {
             let path = service_dir.join(name);

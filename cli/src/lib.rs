@@ -4,6 +4,7 @@
 //! - [`Cli`] / [`run`]: argument parsing and dispatch.
 //! - [`analyze`]: `devgem analyze`, the analyzer on a directory or a clone.
 //! - [`dockerfile`]: `devgem dockerfile`, the Dockerfile DevGem builds with.
+//! - [`build`]: `devgem build`, the local builder on a directory.
 //! - [`embedded`]: opening the embedded adapters on a data dir (the wiring of `devgem up`).
 //! - [`functions`]: the function routers by name, for `serve` and `up`.
 //! - [`up`]: `devgem up`, all functions in one process behind one listener.
@@ -12,6 +13,7 @@
 //! - [`telemetry`]: logs, human-readable or Cloud Logging JSON.
 
 pub mod analyze;
+pub mod build;
 pub mod dockerfile;
 pub mod embedded;
 pub mod functions;
@@ -67,6 +69,11 @@ pub enum Command {
         #[arg(long)]
         write: bool,
     },
+    /// Build a repository with the local builder and print the start command it produced.
+    Build {
+        /// The repository's directory.
+        target: String,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -97,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Analyze { target, json } => analyze::run(&target, json).await,
         Command::Dockerfile { target, write } => dockerfile::run(&target, write).await,
+        Command::Build { target } => build::run(&target, &cli.data_dir).await,
         Command::Serve { function, port } => serve::run(function, &cli.data_dir, port).await,
         Command::Token { command: TokenCommand::Create { user, name, server } } => {
             let token = token::create(&cli.data_dir, &user, name.as_deref(), server.as_deref()).await?;

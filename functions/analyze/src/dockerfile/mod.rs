@@ -247,9 +247,10 @@ fn static_site(service: &Service, df: &mut Df) -> &'static str {
     } else {
         df.line("FROM nginxinc/nginx-unprivileged:1.27-bookworm").line("COPY . /usr/share/nginx/html");
     }
-    // The image's templates are filled from the environment at start: listen on $PORT.
+    // The image's templates are filled from the environment at start: listen on $PORT. The image
+    // has no templates directory of its own; its user owns /etc/nginx.
     df.line("ENV PORT=8080")
-        .line("RUN printf 'server {\\n  listen ${PORT};\\n  root /usr/share/nginx/html;\\n  location / { try_files $uri $uri/ /index.html; }\\n}\\n' > /etc/nginx/templates/default.conf.template");
+        .line("RUN mkdir -p /etc/nginx/templates && printf 'server {\\n  listen ${PORT};\\n  root /usr/share/nginx/html;\\n  location / { try_files $uri $uri/ /index.html; }\\n}\\n' > /etc/nginx/templates/default.conf.template");
     template
 }
 

@@ -494,7 +494,7 @@ impl Executor {
         deadline: Instant,
         info: &StepInfo,
     ) -> Result<Option<PathBuf>, Stop> {
-        let key = digest(&["toolchain-layer-v1", &toolchain.identity()]);
+        let key = digest(&["toolchain-layer-v2", &toolchain.identity()]);
         let path = self.layer_path(&key);
         if path.is_dir() {
             return Ok(Some(path));
@@ -577,7 +577,6 @@ impl Executor {
         set("npm_config_update_notifier", "false".into());
         set("npm_config_fund", "false".into());
         set("YARN_CACHE_FOLDER", format!("{cache}/yarn"));
-        set("npm_config_store_dir", format!("{cache}/pnpm"));
         set("GOMODCACHE", format!("{cache}/go/mod"));
         set("GOCACHE", format!("{cache}/go/build"));
         set("CARGO_HOME", format!("{cache}/cargo"));

@@ -269,7 +269,12 @@ pub fn base_config(toolchain: &HostToolchain) -> BaseConfig {
     config.env.push(("PATH".into(), path_with(toolchain.bin_dir.as_ref())));
     config.env.push(("LANG".into(), "C.UTF-8".into()));
     match toolchain.kind {
-        Kind::Python => config.cmd = strings(&["python3"]),
+        Kind::Python => {
+            // pip puts console scripts (gunicorn, uvicorn) in the virtualenv's bin, which is on
+            // PATH as the image's /usr/local/bin is.
+            config.env[0].1 = format!("{PYTHON_VENV}/bin:{}", config.env[0].1);
+            config.cmd = strings(&["python3"]);
+        }
         Kind::Node => config.cmd = strings(&["node"]),
         Kind::Go => {
             config.env[0].1 = format!("/go/bin:{}", config.env[0].1);
@@ -289,7 +294,8 @@ pub fn base_config(toolchain: &HostToolchain) -> BaseConfig {
 
 /// Files the nginx stand-in puts where the official image has them: a main config that runs
 /// unprivileged (pid and temp files in /tmp, logs to stdout/stderr) and includes `conf.d`, and the
-/// entrypoint that renders `/etc/nginx/templates/*.template` with the environment at start.
+/// entrypoint that renders `/etc/nginx/templates/*.template` with the environment at start. Like
+/// the image, it has no `templates` directory: a Dockerfile that writes there must create it.
 pub fn nginx_files() -> Vec<(&'static str, &'static str, u32)> {
     vec![
         (
@@ -297,7 +303,6 @@ pub fn nginx_files() -> Vec<(&'static str, &'static str, u32)> {
             "worker_processes auto;\nerror_log /dev/stderr notice;\npid /tmp/nginx.pid;\n\nevents { worker_connections 1024; }\n\nhttp {\n    include /etc/nginx/mime.types;\n    default_type application/octet-stream;\n    access_log /dev/stdout;\n    sendfile on;\n    client_body_temp_path /tmp/client_temp;\n    proxy_temp_path /tmp/proxy_temp;\n    fastcgi_temp_path /tmp/fastcgi_temp;\n    uwsgi_temp_path /tmp/uwsgi_temp;\n    scgi_temp_path /tmp/scgi_temp;\n    include /etc/nginx/conf.d/*.conf;\n}\n",
             0o644,
         ),
-        ("etc/nginx/templates/.keep", "", 0o644),
         ("etc/nginx/conf.d/.keep", "", 0o644),
         (
             "docker-entrypoint.sh",
