@@ -1,7 +1,8 @@
 //! `devgem build` on the runnable fixture apps (tests/fixtures/apps): the Dockerfile DevGem
 //! generates for each is executed by the local builder, the image it produced is started with
 //! `PORT` set, and the app must answer with its own content. Python, Node, static, Go and Rust
-//! apps without dependencies, plus Flask, FastAPI and Express with real ones from the registries.
+//! apps without dependencies, plus Flask, FastAPI, Express and a Next.js standalone build with real
+//! ones from the registries.
 
 use crate::support::devgem_bin;
 use devgem_infra::local::builder::{LocalImage, executor_for, kill_group};
@@ -84,6 +85,16 @@ async fn serve_and_get(built: &Built) -> String {
     body
 }
 
+fn cache_holds_files(built: &Built, cache: &str) -> bool {
+    fn any_file(dir: &Path) -> bool {
+        std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok).any(|e| {
+            let path = e.path();
+            path.is_file() || (path.is_dir() && any_file(&path))
+        })
+    }
+    any_file(&built.data.path().join("builder/cache").join(cache))
+}
+
 async fn builds_and_answers(name: &str) -> Built {
     let built = build(name);
     let body = serve_and_get(&built).await;
@@ -109,6 +120,9 @@ async fn python_stdlib_app_builds_and_answers() {
 async fn flask_app_with_real_dependencies_builds_and_answers_through_gunicorn() {
     let built = builds_and_answers("py-flask").await;
     assert!(built.start_command.contains("gunicorn --bind 0.0.0.0:$PORT"), "{}", built.start_command);
+    // pip writes its state there; whether it keeps the wheels depends on the index's cache
+    // headers (a proxy that strips them, as on this project's machines, leaves only that state).
+    assert!(cache_holds_files(&built, "pip"), "pip used the persistent cache dir");
 }
 
 #[tokio::test]
@@ -124,7 +138,14 @@ async fn node_app_without_dependencies_builds_and_answers() {
 
 #[tokio::test]
 async fn express_app_with_real_dependencies_builds_and_answers() {
-    builds_and_answers("node-express").await;
+    let built = builds_and_answers("node-express").await;
+    assert!(cache_holds_files(&built, "npm"), "downloads went through the persistent npm cache");
+}
+
+#[tokio::test]
+async fn nextjs_standalone_app_builds_in_two_stages_and_answers() {
+    let built = builds_and_answers("next-standalone").await;
+    assert_eq!(built.start_command, "exec node server.js");
 }
 
 #[tokio::test]

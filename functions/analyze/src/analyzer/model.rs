@@ -127,6 +127,10 @@ pub struct Service {
     pub system_packages: Vec<String>,
     pub has_dockerfile: bool,
     pub app_dir: String,
+    /// What the build produces that runs on its own, when the framework makes one
+    /// (`.next/standalone` for Next.js `output: 'standalone'`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_output: Option<String>,
 }
 
 impl Service {
@@ -144,6 +148,7 @@ impl Service {
             system_packages: Vec::new(),
             has_dockerfile: false,
             app_dir: app_dir.to_owned(),
+            build_output: None,
         }
     }
 }

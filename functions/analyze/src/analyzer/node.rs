@@ -187,6 +187,10 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
         ctx.note("framework", "package.json", None, &format!("depends on {dep}"));
     }
 
+    if service.framework == Some(Framework::Nextjs) {
+        next_standalone(ctx, service);
+    }
+
     let scripts = manifest.get("scripts");
     let script = |name: &str| scripts.and_then(|s| s.get(name)).and_then(Value::as_str).map(str::to_owned);
     let static_build = match service.framework {
@@ -249,5 +253,22 @@ pub fn detect(ctx: &mut Ctx<'_>, service: &mut Service) {
     }
     for dep in runtime_deps(&manifest) {
         ctx.add_system_packages(Language::Javascript, &dep);
+    }
+}
+
+/// Next.js with `output: 'standalone'` builds a self-contained server (`.next/standalone/server.js`
+/// with only the modules it needs), which the Dockerfile runs instead of `next start`.
+fn next_standalone(ctx: &mut Ctx, service: &mut Service) {
+    static STANDALONE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"output\s*:\s*["'`]standalone["'`]"#).unwrap_or_else(|_| unreachable!("valid regex"))
+    });
+    for file in ["next.config.js", "next.config.mjs", "next.config.ts", "next.config.cjs"] {
+        let Some(text) = ctx.read(file) else { continue };
+        if let Some(found) = STANDALONE.find(&text) {
+            let line = super::context::line_at(&text, found.start());
+            ctx.note("build_output", file, Some(line), "output: 'standalone' builds a self-contained server");
+            service.build_output = Some(".next/standalone".to_owned());
+            return;
+        }
     }
 }

@@ -210,6 +210,9 @@ fn node(service: &Service, df: &mut Df) -> &'static str {
         Some(Framework::Nestjs) => "node-nestjs",
         _ => "node-server",
     };
+    if is_next_standalone(service) {
+        return next_standalone(service, df, &version, install, lockfiles, run);
+    }
     header(df, service, template);
     df.line(format!("FROM node:{version}-slim")).line("ENV NODE_ENV=production PORT=8080").line("WORKDIR /app");
     df.apt(&service.system_packages);
@@ -222,6 +225,39 @@ fn node(service: &Service, df: &mut Df) -> &'static str {
     }
     df.line("USER node");
     template
+}
+
+fn is_next_standalone(service: &Service) -> bool {
+    service.framework == Some(Framework::Nextjs) && service.build_output.as_deref() == Some(".next/standalone")
+}
+
+/// Next.js `output: 'standalone'`: build with every dependency, then run only the traced server,
+/// its static files and `public/` on a fresh image. The server reads `PORT` and `HOSTNAME`.
+fn next_standalone(
+    service: &Service,
+    df: &mut Df,
+    version: &str,
+    install: &str,
+    lockfiles: &str,
+    run: &str,
+) -> &'static str {
+    header(df, service, "node-nextjs-standalone");
+    df.line(format!("FROM node:{version}-slim AS build")).line("WORKDIR /app");
+    df.apt(&service.system_packages);
+    df.line(format!("COPY {lockfiles} ./"))
+        .line(format!("RUN {install}"))
+        .line("COPY . .")
+        // `public/` is optional in a Next.js app; COPY --from needs it to exist.
+        .line(format!("RUN {run} run build && mkdir -p public"))
+        .blank()
+        .line(format!("FROM node:{version}-slim"))
+        .line("ENV NODE_ENV=production PORT=8080 HOSTNAME=0.0.0.0")
+        .line("WORKDIR /app")
+        .line("COPY --from=build --chown=node:node /app/public ./public")
+        .line("COPY --from=build --chown=node:node /app/.next/standalone ./")
+        .line("COPY --from=build --chown=node:node /app/.next/static ./.next/static")
+        .line("USER node");
+    "node-nextjs-standalone"
 }
 
 fn static_site(service: &Service, df: &mut Df) -> &'static str {
@@ -424,6 +460,7 @@ fn container_command(service: &Service, command: &str) -> String {
         }
         Some(Language::Java | Language::Kotlin) => "java -jar /app/app.jar".to_owned(),
         Some(Language::Rust) => "/usr/local/bin/app".to_owned(),
+        Some(Language::Javascript | Language::Typescript) if is_next_standalone(service) => "node server.js".to_owned(),
         Some(Language::Csharp) => format!("dotnet {}", command.rsplit('/').next().unwrap_or("app.dll")),
         Some(Language::Elixir) => format!("/app/bin/{} start", release_name(command)),
         _ => command.to_owned(),
@@ -533,6 +570,38 @@ fn generated(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_standalone_runs_the_traced_server_on_a_fresh_image() {
+        let service = Service {
+            language: Some(Language::Javascript),
+            framework: Some(Framework::Nextjs),
+            package_manager: Some(PackageManager::Npm),
+            start_command: Some("npm start".into()),
+            build_command: Some("npm run build".into()),
+            honours_port: true,
+            port: Some(3000),
+            build_output: Some(".next/standalone".into()),
+            ..Service::empty(".")
+        };
+        let plan = plan(&service, None).expect("plan");
+        assert_eq!(plan.origin, Origin::Generated { template: "node-nextjs-standalone" });
+        assert_eq!(plan.start_command.as_deref(), Some("node server.js"));
+        assert_eq!(plan.listen, Listen::Env);
+        let parsed = devgem_common::dockerfile::parse(&plan.dockerfile).expect("parses");
+        assert_eq!(parsed.stages.len(), 2);
+        assert!(plan.dockerfile.contains("COPY --from=build --chown=node:node /app/.next/standalone ./"));
+        assert!(plan.dockerfile.contains("HOSTNAME=0.0.0.0"), "the server binds all interfaces");
+        let without = Service { build_output: None, ..service };
+        assert_eq!(plan_template(&without), "node-nextjs");
+    }
+
+    fn plan_template(service: &Service) -> &'static str {
+        match plan(service, None).expect("plan").origin {
+            Origin::Generated { template } => template,
+            Origin::Repository => "repository",
+        }
+    }
 
     #[test]
     fn a_repository_dockerfile_is_kept_and_reported_on() {

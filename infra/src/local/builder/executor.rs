@@ -464,11 +464,13 @@ impl Executor {
         // The detection cache keeps one answer per kind for the executor's lifetime.
         let toolchain = self.toolchain(toolchain.kind).await.unwrap_or(toolchain);
         let config = toolchain::base_config(&toolchain);
-        let key = digest(&["FROM", base, &toolchain.identity()]);
         let mut layers = Vec::new();
         if let Some(layer) = self.toolchain_layer(&toolchain, job, deadline, info).await? {
             layers.push(layer);
         }
+        // Steps built on another stand-in layer (an older virtualenv, other users) are not reused.
+        let layer_names: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
+        let key = digest(&["FROM", base, &toolchain.identity(), &layer_names.join(":")]);
         let state = StageState {
             key,
             layers,
@@ -486,7 +488,8 @@ impl Executor {
     }
 
     /// The files a stand-in adds under its stages: a virtualenv for Python (so a stage sees only
-    /// what its Dockerfile installs, not the host's packages) and the image's files for nginx.
+    /// what its Dockerfile installs, not the host's packages), and the image's own files and
+    /// users for the others (see [`toolchain::image_files`]).
     async fn toolchain_layer(
         &self,
         toolchain: &HostToolchain,
@@ -494,46 +497,46 @@ impl Executor {
         deadline: Instant,
         info: &StepInfo,
     ) -> Result<Option<PathBuf>, Stop> {
-        let key = digest(&["toolchain-layer-v2", &toolchain.identity()]);
+        let files = toolchain::image_files(toolchain.kind);
+        let file_digest: Vec<String> = files.iter().map(|(p, c, m)| format!("{p}:{m:o}:{c}")).collect();
+        let key = digest(&["toolchain-layer-v3", &toolchain.identity(), &file_digest.join("\n")]);
         let path = self.layer_path(&key);
         if path.is_dir() {
             return Ok(Some(path));
         }
-        match toolchain.kind {
-            Kind::Python => {
-                let venv = toolchain::PYTHON_VENV;
-                let script = format!(
-                    "{} -m venv {venv} && for b in python python3 pip pip3; do ln -sf {venv}/bin/$b /usr/local/bin/$b; done",
-                    quote(&toolchain.program.to_string_lossy())
-                );
-                let env = vec![("PATH".to_owned(), toolchain::DEFAULT_PATH.to_owned())];
-                let upper = self.begin_layer(&key)?;
-                let invocation = Invocation {
-                    root: RootFs { layers: Vec::new(), upper: Some(upper.clone()) },
-                    workdir: "/".into(),
-                    argv: vec!["/bin/sh".into(), "-c".into(), script],
-                    env,
-                    ..Invocation::default()
-                };
-                self.run(invocation, job, deadline, info).await?;
-                self.commit_layer(&upper, &key)?;
-            }
-            Kind::Nginx => {
-                let upper = self.begin_layer(&key)?;
-                for (relative, content, mode) in toolchain::nginx_files() {
-                    let path = upper.join(relative);
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| io_failed("creating", parent, e))?;
-                    }
-                    std::fs::write(&path, content).map_err(|e| io_failed("writing", &path, e))?;
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                        .map_err(|e| io_failed("writing", &path, e))?;
-                }
-                self.commit_layer(&upper, &key)?;
-            }
-            _ => return Ok(None),
+        if files.is_empty() && toolchain.kind != Kind::Python {
+            return Ok(None);
         }
+        let upper = self.begin_layer(&key)?;
+        for (relative, content, mode) in files {
+            let path = upper.join(&relative);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_failed("creating", parent, e))?;
+            }
+            std::fs::write(&path, content).map_err(|e| io_failed("writing", &path, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_failed("writing", &path, e))?;
+        }
+        if toolchain.kind == Kind::Python {
+            let venv = toolchain::PYTHON_VENV;
+            let script = format!(
+                "{} -m venv {venv} && for b in python python3 pip pip3; do ln -sf {venv}/bin/$b /usr/local/bin/$b; done",
+                quote(&toolchain.program.to_string_lossy())
+            );
+            let invocation = Invocation {
+                root: RootFs { layers: Vec::new(), upper: Some(upper.clone()) },
+                workdir: "/".into(),
+                argv: vec!["/bin/sh".into(), "-c".into(), script],
+                env: vec![("PATH".to_owned(), toolchain::DEFAULT_PATH.to_owned())],
+                ..Invocation::default()
+            };
+            if let Err(stop) = self.run(invocation, job, deadline, info).await {
+                let _ = std::fs::remove_dir_all(&upper);
+                return Err(stop);
+            }
+        }
+        self.commit_layer(&upper, &key)?;
         Ok(Some(path))
     }
 

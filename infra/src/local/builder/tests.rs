@@ -90,7 +90,7 @@ async fn a_multi_stage_build_writes_only_inside_the_builder_directory() {
     write(&f.context, "sub/data.txt", "nested\n");
     let marker = format!("/devgem-test-{}", fastrand::u64(..));
     let dockerfile = format!(
-        "FROM debian:bookworm-slim AS build\nWORKDIR /src\nCOPY greeting.txt sub ./\nRUN mkdir -p {marker} /out && cat greeting.txt data.txt > /out/both.txt && echo built\n\nFROM debian:bookworm-slim\nENV WHO=world\nENV GREETING=\"hi $WHO\"\nCOPY --from=build /out/both.txt /srv/\nWORKDIR /srv\nCMD [\"sh\", \"-c\", \"cat both.txt; echo $GREETING; ls {marker} 2>/dev/null || echo no-marker\"]\n"
+        "FROM debian:bookworm-slim AS build\nWORKDIR /src\nCOPY greeting.txt sub ./\nRUN mkdir -p {marker} /out && cat greeting.txt data.txt > /out/both.txt && echo built\n\nFROM debian:bookworm-slim\nENV WHO=world\nARG WORD=hi\nENV GREETING=\"$WORD $WHO\"\nCOPY --from=build /out/both.txt /srv/\nWORKDIR /srv\nUSER nobody\nCMD cat both.txt; echo $GREETING; ls {marker} 2>/dev/null || echo no-marker\n"
     );
     let (job, lines, _h) = job(&f, "b1", &dockerfile);
     let outcome = f.executor.build(job).await.expect("build");
@@ -102,7 +102,9 @@ async fn a_multi_stage_build_writes_only_inside_the_builder_directory() {
     );
     let lines = lines.lock().expect("lock").clone();
     assert!(lines.iter().any(|l| l.step == 4 && l.text == "built"), "RUN output is logged with its step: {lines:?}");
-    assert!(lines.iter().any(|l| l.text.starts_with("Step 4/10 (line 4): RUN mkdir")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.text.starts_with("Step 4/12 (line 4): RUN mkdir")), "{lines:?}");
+    assert_eq!(outcome.image.user.as_deref(), Some("nobody"), "USER is recorded");
+    assert_eq!(outcome.image.argv[..2], ["/bin/sh".to_owned(), "-c".to_owned()], "shell-form CMD");
     let out = run_image(&f, &outcome.image, &[]).await;
     assert_eq!(out, "hello from the context\nnested\nhi world\nno-marker\n");
 }

@@ -292,11 +292,51 @@ pub fn base_config(toolchain: &HostToolchain) -> BaseConfig {
     config
 }
 
+/// The files a stand-in adds to reproduce its image: nginx's configuration and entrypoint, and
+/// the users the official images create (`node`, uid 1000; `nginx`, uid 101), which Dockerfiles
+/// name in `COPY --chown` and `USER`. Users are appended to the host's `/etc/passwd` and
+/// `/etc/group` (copied into the layer), unless the host has them already.
+pub fn image_files(kind: Kind) -> Vec<(String, String, u32)> {
+    let mut files: Vec<(String, String, u32)> = Vec::new();
+    let user = match kind {
+        Kind::Node => Some(("node", 1000, "/home/node")),
+        Kind::Nginx => Some(("nginx", 101, "/nonexistent")),
+        _ => None,
+    };
+    if let Some((name, id, home)) = user {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let has = |table: &str| table.lines().any(|l| l.split(':').next() == Some(name));
+        let with = |table: &str, line: String| {
+            let mut out = table.to_owned();
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&line);
+            out.push('\n');
+            out
+        };
+        if !has(&passwd) {
+            files.push(("etc/passwd".into(), with(&passwd, format!("{name}:x:{id}:{id}::{home}:/bin/sh")), 0o644));
+        }
+        if !has(&group) {
+            files.push(("etc/group".into(), with(&group, format!("{name}:x:{id}:")), 0o644));
+        }
+        if home.starts_with("/home/") {
+            files.push((format!("{}/.keep", home.trim_start_matches('/')), String::new(), 0o644));
+        }
+    }
+    if kind == Kind::Nginx {
+        files.extend(nginx_files().into_iter().map(|(p, c, m)| (p.to_owned(), c.to_owned(), m)));
+    }
+    files
+}
+
 /// Files the nginx stand-in puts where the official image has them: a main config that runs
 /// unprivileged (pid and temp files in /tmp, logs to stdout/stderr) and includes `conf.d`, and the
 /// entrypoint that renders `/etc/nginx/templates/*.template` with the environment at start. Like
 /// the image, it has no `templates` directory: a Dockerfile that writes there must create it.
-pub fn nginx_files() -> Vec<(&'static str, &'static str, u32)> {
+fn nginx_files() -> Vec<(&'static str, &'static str, u32)> {
     vec![
         (
             "etc/nginx/nginx.conf",
