@@ -120,9 +120,6 @@ async fn python_stdlib_app_builds_and_answers() {
 async fn flask_app_with_real_dependencies_builds_and_answers_through_gunicorn() {
     let built = builds_and_answers("py-flask").await;
     assert!(built.start_command.contains("gunicorn --bind 0.0.0.0:$PORT"), "{}", built.start_command);
-    // pip writes its state there; whether it keeps the wheels depends on the index's cache
-    // headers (a proxy that strips them, as on this project's machines, leaves only that state).
-    assert!(cache_holds_files(&built, "pip"), "pip used the persistent cache dir");
 }
 
 #[tokio::test]

@@ -128,6 +128,21 @@ async fn steps_cannot_read_the_data_dir_or_host_environment() {
 }
 
 #[tokio::test]
+async fn package_caches_persist_under_the_data_dir_whatever_the_dockerfile_says() {
+    let f = fixture();
+    let dockerfile = "FROM debian:bookworm-slim\nENV PIP_NO_CACHE_DIR=1\nRUN echo \"pip=$PIP_CACHE_DIR nocache=${PIP_NO_CACHE_DIR:-unset} npm=$npm_config_cache\" && echo kept > $PIP_CACHE_DIR/probe\nCMD [\"true\"]\n";
+    let (j, lines, _h) = job(&f, "p1", dockerfile);
+    f.executor.build(j).await.expect("build");
+    let texts: Vec<String> = lines.lock().expect("lock").iter().map(|l| l.text.clone()).collect();
+    assert!(
+        texts.contains(&"pip=/run/devgem/cache/pip nocache=unset npm=/run/devgem/cache/npm".to_owned()),
+        "{texts:?}"
+    );
+    let probe = f.data.join("builder/cache/pip/probe");
+    assert_eq!(std::fs::read_to_string(&probe).expect("written through to the data dir"), "kept\n");
+}
+
+#[tokio::test]
 async fn unchanged_steps_come_from_the_layer_cache_and_a_changed_source_reruns_what_follows() {
     let f = fixture();
     write(&f.context, "deps.txt", "a\n");
