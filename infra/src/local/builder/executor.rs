@@ -425,6 +425,7 @@ impl Executor {
         }
     }
 
+    /// The host's toolchain for `kind`, looked up once per executor.
     async fn toolchain(&self, kind: Kind) -> Option<HostToolchain> {
         let mut cache = self.toolchains.lock().await;
         if let Some(found) = cache.get(&kind) {
@@ -457,12 +458,9 @@ impl Executor {
             state.args = global_args.clone();
             return Ok((state, None));
         }
-        let (toolchain, warning) = match toolchain::resolve(base, &self.host_path).await {
-            Ok(found) => found,
-            Err(e) => return Err(failed(e.to_string())),
-        };
-        // The detection cache keeps one answer per kind for the executor's lifetime.
-        let toolchain = self.toolchain(toolchain.kind).await.unwrap_or(toolchain);
+        let kind = toolchain::kind_of(base).map_err(|e| failed(e.to_string()))?;
+        let found = self.toolchain(kind).await;
+        let (toolchain, warning) = toolchain::accept(base, kind, found).map_err(|e| failed(e.to_string()))?;
         let config = toolchain::base_config(&toolchain);
         let mut layers = Vec::new();
         if let Some(layer) = self.toolchain_layer(&toolchain, job, deadline, info).await? {
@@ -957,13 +955,33 @@ enum Ran {
     Warned(String),
 }
 
+/// The longest line the log keeps; the rest of a longer line is cut (progress bars, minified files).
+const MAX_LINE: usize = 4096;
+
+/// Sends a pipe's lines to the log. Bytes that are not UTF-8 are replaced, never a reason to stop
+/// reading: a reader that stopped would leave the step blocked on a full pipe.
 fn forward<R: tokio::io::AsyncBufRead + Unpin + Send + 'static>(
-    reader: R,
+    mut reader: R,
     tx: mpsc::Sender<String>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut lines = reader.lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut buffer = Vec::new();
+        loop {
+            buffer.clear();
+            match reader.read_until(b'\n', &mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&buffer);
+            let mut line = text.trim_end_matches(['\n', '\r']).to_owned();
+            if line.len() > MAX_LINE {
+                let mut cut = MAX_LINE;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push_str(" [...]");
+            }
             if tx.send(line).await.is_err() {
                 break;
             }

@@ -220,10 +220,37 @@ async fn a_missing_toolchain_fails_at_from_with_how_to_install_it() {
 }
 
 #[tokio::test]
+async fn a_build_past_its_time_limit_is_stopped() {
+    let f = fixture();
+    let (mut j, _, _h) = job(&f, "x1", "FROM debian:bookworm-slim\nRUN sleep 318\nCMD [\"true\"]\n");
+    j.timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let result = f.executor.build(j).await;
+    assert!(matches!(result, Err(BuildError::Timeout(_))), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped at the limit: {:?}", started.elapsed());
+    let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert_eq!(message, "the build took longer than its limit of 1s");
+    let survivors = std::process::Command::new("pgrep").args(["-f", "sleep 318"]).output().expect("pgrep");
+    assert!(survivors.stdout.is_empty(), "the step was killed");
+}
+
+#[tokio::test]
+async fn output_that_is_not_utf8_is_logged_and_does_not_stall_the_step() {
+    let f = fixture();
+    let dockerfile = "FROM debian:bookworm-slim\nRUN printf 'bad \\377 byte\\n' && head -c 300000 /dev/zero | tr '\\0' 'x' && echo && echo after\nCMD [\"true\"]\n";
+    let (j, lines, _h) = job(&f, "u1", dockerfile);
+    f.executor.build(j).await.expect("build");
+    let texts: Vec<String> = lines.lock().expect("lock").iter().map(|l| l.text.clone()).collect();
+    assert!(texts.contains(&"bad \u{fffd} byte".to_owned()), "{texts:?}");
+    assert!(texts.iter().any(|t| t.ends_with("[...]") && t.len() < 5000), "a long line is cut");
+    assert!(texts.contains(&"after".to_owned()));
+}
+
+#[tokio::test]
 async fn cancel_kills_the_running_step_at_once() {
     let f = fixture();
     let (j, lines, handle) =
-        job(&f, "k1", "FROM debian:bookworm-slim\nRUN (sleep 300 &) ; echo started; sleep 300\nCMD [\"true\"]\n");
+        job(&f, "k1", "FROM debian:bookworm-slim\nRUN (sleep 317 &) ; echo started; sleep 317\nCMD [\"true\"]\n");
     let build = tokio::spawn({
         let executor = Arc::new(f.executor);
         async move { executor.build(j).await }
@@ -239,7 +266,7 @@ async fn cancel_kills_the_running_step_at_once() {
     let result = tokio::time::timeout(Duration::from_secs(5), build).await.expect("ends promptly").expect("joins");
     assert!(matches!(result, Err(BuildError::Cancelled)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "cancel took {:?}", started.elapsed());
-    let survivors = std::process::Command::new("pgrep").args(["-f", "sleep 300"]).output().expect("pgrep");
+    let survivors = std::process::Command::new("pgrep").args(["-f", "sleep 317"]).output().expect("pgrep");
     assert!(
         survivors.stdout.is_empty(),
         "no process of the step survives: {}",

@@ -219,24 +219,38 @@ pub async fn detect(kind: Kind, path: &OsString) -> Option<HostToolchain> {
     Some(HostToolchain { kind, program, version, bin_dir })
 }
 
-/// What `FROM image` resolves to here, with a warning when the versions differ.
-pub async fn resolve(image: &str, path: &OsString) -> Result<(HostToolchain, Option<String>), ToolchainError> {
-    let reference = ImageRef::parse(image);
-    let kind = reference.kind().ok_or_else(|| ToolchainError::UnknownImage { image: image.to_owned() })?;
+/// The stand-in family of `image`, or why there is none.
+pub fn kind_of(image: &str) -> Result<Kind, ToolchainError> {
+    ImageRef::parse(image).kind().ok_or_else(|| ToolchainError::UnknownImage { image: image.to_owned() })
+}
+
+/// Accepts the toolchain `found` for `image`: an error when there is none, a warning when its
+/// version is not the one the tag asks for.
+pub fn accept(
+    image: &str,
+    kind: Kind,
+    found: Option<HostToolchain>,
+) -> Result<(HostToolchain, Option<String>), ToolchainError> {
     let (program, name) = kind.program();
-    let toolchain = detect(kind, path).await.ok_or_else(|| ToolchainError::Missing {
+    let toolchain = found.ok_or_else(|| ToolchainError::Missing {
         image: image.to_owned(),
         name,
         program,
         hint: kind.install_hint(),
     })?;
-    let warning = match reference.version() {
+    let warning = match ImageRef::parse(image).version() {
         Some(wanted) if kind != Kind::Os && !version_matches(wanted, &toolchain.version) => {
             Some(format!("{image} asks for {name} {wanted}; this machine has {} and builds with it", toolchain.version))
         }
         _ => None,
     };
     Ok((toolchain, warning))
+}
+
+/// What `FROM image` resolves to here, with a warning when the versions differ.
+pub async fn resolve(image: &str, path: &OsString) -> Result<(HostToolchain, Option<String>), ToolchainError> {
+    let kind = kind_of(image)?;
+    accept(image, kind, detect(kind, path).await)
 }
 
 /// `3.11` matches `3.11.7`; `3.1` does not match `3.11.7`.
