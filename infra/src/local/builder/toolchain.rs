@@ -247,12 +247,6 @@ pub fn accept(
     Ok((toolchain, warning))
 }
 
-/// What `FROM image` resolves to here, with a warning when the versions differ.
-pub async fn resolve(image: &str, path: &OsString) -> Result<(HostToolchain, Option<String>), ToolchainError> {
-    let kind = kind_of(image)?;
-    accept(image, kind, detect(kind, path).await)
-}
-
 /// `3.11` matches `3.11.7`; `3.1` does not match `3.11.7`.
 fn version_matches(wanted: &str, have: &str) -> bool {
     let have: Vec<&str> = have.split('.').collect();
@@ -369,6 +363,12 @@ fn nginx_files() -> Vec<(&'static str, &'static str, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `FROM image` resolves to with the toolchains on `path`.
+    async fn resolve(image: &str, path: &OsString) -> Result<(HostToolchain, Option<String>), ToolchainError> {
+        let kind = kind_of(image)?;
+        accept(image, kind, detect(kind, path).await)
+    }
 
     #[test]
     fn image_references_split_into_repository_tag_and_version() {
