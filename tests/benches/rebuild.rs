@@ -6,6 +6,7 @@
 //!
 //! `cargo build --release -p devgem-cli && DEVGEM_BIN=$PWD/target/release/devgem cargo bench -p devgem-e2e --bench rebuild`
 
+use devgem_e2e::copy_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -18,18 +19,6 @@ const APPS: &[(&str, &str)] = &[
     ("go-stdlib", "main.go"),
     ("rust-stdlib", "src/main.rs"),
 ];
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir").filter_map(Result::ok) {
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-        }
-    }
-}
 
 fn build(bin: &Path, data: &Path, app: &Path) -> Duration {
     let start = Instant::now();

@@ -2,24 +2,13 @@
 //! else, notes on stderr, files written only where asked and never replaced.
 
 use crate::support::devgem_bin;
+use devgem_e2e::copy_dir;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/analyze").join(name).join("repo")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir").filter_map(Result::ok) {
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-        }
-    }
 }
 
 #[test]

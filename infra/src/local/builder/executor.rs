@@ -730,26 +730,40 @@ impl Executor {
             }
         }
         let key = digest(&[&state.key, "RUN", &format!("{argv:?}")]);
+        let invocation =
+            Invocation { workdir: state.workdir.clone(), argv, env: self.run_env(state), ..Invocation::default() };
+        let ran = self.layer_step(state, key, invocation, job, deadline, info).await?;
+        Ok(match (ran, warning) {
+            (Ran::Executed, Some(warning)) => Ran::Warned(warning),
+            (ran, _) => ran,
+        })
+    }
+
+    /// Runs `invocation` on top of the stage into a new layer under `key`, or reuses the layer
+    /// a previous build made for the same key.
+    async fn layer_step(
+        &self,
+        state: &mut StageState,
+        key: String,
+        mut invocation: Invocation,
+        job: &BuildJob,
+        deadline: Instant,
+        info: &StepInfo,
+    ) -> Result<Ran, Stop> {
         state.key = key.clone();
         if self.layer_path(&key).is_dir() {
             self.push_layer(state, &key);
             return Ok(Ran::Cached);
         }
         let upper = self.begin_layer(&key)?;
-        let invocation = Invocation {
-            root: RootFs { layers: state.layers.clone(), upper: Some(upper.clone()) },
-            workdir: state.workdir.clone(),
-            argv,
-            env: self.run_env(state),
-            ..Invocation::default()
-        };
+        invocation.root = RootFs { layers: state.layers.clone(), upper: Some(upper.clone()) };
         if let Err(stop) = self.run(invocation, job, deadline, info).await {
             let _ = std::fs::remove_dir_all(&upper);
             return Err(stop);
         }
         self.commit_layer(&upper, &key)?;
         self.push_layer(state, &key);
-        Ok(warning.map_or(Ran::Executed, Ran::Warned))
+        Ok(Ran::Executed)
     }
 
     /// Adds a layer to the stage, unless the step wrote nothing.
@@ -846,33 +860,21 @@ impl Executor {
                 ])
             }
         };
-        state.key = key.clone();
-        if self.layer_path(&key).is_dir() {
-            self.push_layer(state, &key);
-            return Ok(Ran::Cached);
-        }
-        let upper = self.begin_layer(&key)?;
         let invocation = Invocation {
-            root: RootFs { layers: state.layers.clone(), upper: Some(upper.clone()) },
             from: from_root,
             source: source_dir,
             workdir: "/".into(),
             argv: vec!["/bin/sh".into(), "-c".into(), script],
             env: vec![("PATH".into(), toolchain::DEFAULT_PATH.into())],
+            ..Invocation::default()
         };
-        if let Err(stop) = self.run(invocation, job, deadline, info).await {
-            let _ = std::fs::remove_dir_all(&upper);
-            return Err(match stop {
-                Stop::Failed { tail, .. } => Stop::Failed {
-                    reason: format!("copying into {target} failed: {}", tail.last().cloned().unwrap_or_default()),
-                    tail,
-                },
-                other => other,
-            });
-        }
-        self.commit_layer(&upper, &key)?;
-        self.push_layer(state, &key);
-        Ok(Ran::Executed)
+        self.layer_step(state, key, invocation, job, deadline, info).await.map_err(|stop| match stop {
+            Stop::Failed { tail, .. } => Stop::Failed {
+                reason: format!("copying into {target} failed: {}", tail.last().cloned().unwrap_or_default()),
+                tail,
+            },
+            other => other,
+        })
     }
 
     fn say(&self, job: &BuildJob, info: &StepInfo, text: String) {
