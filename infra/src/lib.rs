@@ -7,3 +7,4 @@
 //!   and `brain` (LLM adapters) arrive with their issues.
 
 pub mod local;
+pub mod source;
