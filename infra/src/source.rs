@@ -108,7 +108,7 @@ fn parse_url(url: &str, policy: &SourcePolicy) -> Result<GitUrl, SourceError> {
     if host.is_empty() {
         return Err(refused("no host"));
     }
-    let allowed = policy.allow_hosts.iter().any(|h| *h == host);
+    let allowed = policy.allow_hosts.contains(&host);
     let default_port = match (scheme.as_str(), allowed) {
         ("https", _) => 443,
         ("http", true) => 80,
@@ -258,7 +258,7 @@ impl GitSource {
 
 /// What a git error means for the user.
 fn git_error(url: &str, wanted: &str, stderr: &str) -> SourceError {
-    let tail: String = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").to_owned();
+    let tail: String = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
     if stderr.contains("couldn't find remote ref")
         || stderr.contains("not our ref")
         || stderr.contains("unadvertised object")
