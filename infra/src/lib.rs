@@ -8,3 +8,5 @@
 
 pub mod local;
 pub mod source;
+#[cfg(test)]
+mod test_support;

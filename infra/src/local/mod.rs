@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod builder;
 pub mod bus;
 mod committer;
+pub mod runtime;
 mod sqlite;
 pub mod store;
 

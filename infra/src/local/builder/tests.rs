@@ -274,44 +274,6 @@ async fn cancel_kills_the_running_step_at_once() {
     );
 }
 
-/// A bus that keeps what is published, to read the builder's notifications.
-#[derive(Debug, Default)]
-struct RecordingBus {
-    messages: Mutex<Vec<(devgem_common::events::Topic, devgem_common::ports::bus::OutboundMessage)>>,
-    notify: tokio::sync::Notify,
-}
-
-#[async_trait::async_trait]
-impl devgem_common::ports::bus::Bus for RecordingBus {
-    async fn publish(
-        &self,
-        topic: devgem_common::events::Topic,
-        message: devgem_common::ports::bus::OutboundMessage,
-    ) -> Result<String, devgem_common::ports::bus::BusError> {
-        let mut messages = self.messages.lock().expect("lock");
-        messages.push((topic, message));
-        self.notify.notify_waiters();
-        Ok(messages.len().to_string())
-    }
-}
-
-impl RecordingBus {
-    async fn notification(&self, index: usize) -> devgem_common::events::cloud_build::CloudBuildNotification {
-        loop {
-            let notified = self.notify.notified();
-            if let Some((topic, message)) = self.messages.lock().expect("lock").get(index).cloned() {
-                assert_eq!(topic, devgem_common::events::Topic::CloudBuilds);
-                return devgem_common::events::cloud_build::CloudBuildNotification::decode(
-                    &message.attributes,
-                    &message.data,
-                )
-                .expect("a Cloud Build notification");
-            }
-            tokio::time::timeout(Duration::from_secs(60), notified).await.expect("published in time");
-        }
-    }
-}
-
 fn request(f: &Fixture, dockerfile: &str) -> devgem_common::ports::builder::BuildRequest {
     use devgem_common::ports::source::{SourceLocation, SourceSpec};
     devgem_common::ports::builder::BuildRequest {
@@ -333,7 +295,7 @@ async fn the_port_publishes_cloud_build_shaped_progress_and_completion() {
     let f = fixture();
     write(&f.context, "hello.txt", "hi\n");
     write(&f.context, "secret.txt", "do not copy\n");
-    let bus = Arc::new(RecordingBus::default());
+    let bus = Arc::new(crate::test_support::RecordingBus::default());
     let executor = Arc::new(fixture_executor(&f));
     let builder = LocalBuilder::new(executor, bus.clone(), Arc::new(devgem_common::clock::SystemClock));
     let handle = builder
@@ -343,10 +305,10 @@ async fn the_port_publishes_cloud_build_shaped_progress_and_completion() {
         ))
         .await
         .expect("submitted");
-    let working = bus.notification(0).await;
+    let working = bus.cloud_build(0).await;
     assert_eq!((working.build_id.as_str(), working.status), (handle.build_id.as_str(), BuildStatus::Working));
     assert_eq!(working.build.deployment_tag(), Some("0190a4c3104a7e21b6d3f08c5a92e4b7"));
-    let done = bus.notification(1).await;
+    let done = bus.cloud_build(1).await;
     assert_eq!(done.status, BuildStatus::Success, "{:?}", done.build.status_detail);
     assert!(done.build.finish_time.is_some());
     assert_eq!(done.build.images, vec![format!("devgem.local/u1/hello:{}", handle.build_id)]);
@@ -363,11 +325,11 @@ async fn the_port_reports_failures_and_cancels_as_cloud_build_does() {
     use devgem_common::events::cloud_build::BuildStatus;
     use devgem_common::ports::builder::Builder as _;
     let f = fixture();
-    let bus = Arc::new(RecordingBus::default());
+    let bus = Arc::new(crate::test_support::RecordingBus::default());
     let executor = Arc::new(fixture_executor(&f));
     let builder = LocalBuilder::new(executor, bus.clone(), Arc::new(devgem_common::clock::SystemClock));
     builder.submit(request(&f, "FROM debian:bookworm-slim\nRUN exit 4\nCMD [\"true\"]\n")).await.expect("submitted");
-    let failed = bus.notification(1).await;
+    let failed = bus.cloud_build(1).await;
     assert_eq!(failed.status, BuildStatus::Failure);
     let info = failed.build.failure_info.expect("failure info");
     assert_eq!(info.kind.as_deref(), Some("USER_BUILD_STEP"));
@@ -377,7 +339,7 @@ async fn the_port_reports_failures_and_cancels_as_cloud_build_does() {
         .submit(request(&f, "FROM debian:bookworm-slim\nRUN sleep 300\nCMD [\"true\"]\n"))
         .await
         .expect("submitted");
-    bus.notification(2).await;
+    bus.cloud_build(2).await;
     for _ in 0..200 {
         if builder.log(&handle.build_id).is_ok_and(|l| l.iter().any(|l| l.text.contains("RUN sleep"))) {
             break;
@@ -385,6 +347,6 @@ async fn the_port_reports_failures_and_cancels_as_cloud_build_does() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     builder.cancel(&handle.build_id).await.expect("cancel a running build");
-    let cancelled = tokio::time::timeout(Duration::from_secs(3), bus.notification(3)).await.expect("ends at once");
+    let cancelled = tokio::time::timeout(Duration::from_secs(3), bus.cloud_build(3)).await.expect("ends at once");
     assert_eq!((cancelled.build_id, cancelled.status), (handle.build_id, BuildStatus::Cancelled));
 }
