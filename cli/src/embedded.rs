@@ -3,9 +3,16 @@
 use devgem_common::clock::{Clock, SystemClock};
 use devgem_common::identity::Identity;
 use devgem_common::ports::Ports;
+use devgem_infra::local::builder::{LocalBuilder, executor_for};
+use devgem_infra::local::runtime::LocalRuntime;
 use devgem_infra::local::{LocalBlobs, LocalBus, LocalStore};
+use devgem_infra::source::{GitSource, SourcePolicy};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a new revision may take to listen on its port.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The embedded adapters, opened.
 #[derive(Debug, Clone)]
@@ -15,6 +22,11 @@ pub struct Embedded {
     /// The bus as itself, for subscriptions and stats that the Bus port does not offer.
     pub bus: LocalBus,
     pub identity: Identity,
+    pub source: Arc<GitSource>,
+    pub builder: LocalBuilder,
+    pub runtime: LocalRuntime,
+    /// Where the analyze function fetches snapshots.
+    pub work_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +39,16 @@ pub enum OpenError {
     Bus(#[from] devgem_common::ports::bus::BusError),
     #[error("cannot open the blob directory: {0}")]
     Blobs(#[from] devgem_common::ports::blobs::BlobError),
+    #[error("cannot start the local builder: {0}")]
+    Builder(#[from] devgem_infra::local::builder::BuildError),
+    #[error("cannot start the local runtime: {0}")]
+    Runtime(#[from] devgem_common::ports::runtime::RuntimeError),
 }
 
 impl Embedded {
-    pub fn open(data_dir: &Path) -> Result<Self, OpenError> {
+    /// Opens every adapter on `data_dir`. `local_paths`: whether local directories are accepted
+    /// as sources (only when the server listens on loopback: the user is on this machine).
+    pub fn open(data_dir: &Path, local_paths: bool) -> Result<Self, OpenError> {
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir { path: data_dir.to_owned(), source })?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = Arc::new(LocalStore::open(&data_dir.join("store.db"), clock.clone())?);
@@ -38,6 +56,24 @@ impl Embedded {
         let blobs = Arc::new(LocalBlobs::open(&data_dir.join("blobs"))?);
         let identity = Identity::new(store.clone(), clock.clone());
         let ports = Ports { store, bus: Arc::new(bus.clone()), blobs, clock };
-        Ok(Self { data_dir: data_dir.to_owned(), ports, bus, identity })
+        let source = Arc::new(GitSource::new(SourcePolicy::from_env(local_paths)));
+        let executor = Arc::new(executor_for(data_dir)?);
+        let builder = LocalBuilder::new(
+            executor.clone(),
+            ports.bus.clone(),
+            ports.blobs.clone(),
+            source.clone(),
+            ports.clock.clone(),
+        );
+        let runtime = LocalRuntime::open(
+            data_dir.join("runtime"),
+            executor,
+            ports.bus.clone(),
+            ports.clock.clone(),
+            STARTUP_TIMEOUT,
+        )?;
+        let work_dir = data_dir.join("work");
+        std::fs::create_dir_all(&work_dir).map_err(|source| OpenError::DataDir { path: work_dir.clone(), source })?;
+        Ok(Self { data_dir: data_dir.to_owned(), ports, bus, identity, source, builder, runtime, work_dir })
     }
 }

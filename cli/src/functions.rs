@@ -3,6 +3,7 @@
 
 use crate::embedded::Embedded;
 use axum::Router;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Function {
@@ -46,9 +47,18 @@ impl Function {
         let ports = embedded.ports.clone();
         match self {
             Function::Chat => devgem_chat::router(devgem_chat::AppState { ports }),
-            Function::Analyze => devgem_analyze::router(devgem_analyze::AppState { ports }),
-            Function::Build => devgem_build::router(devgem_build::AppState { ports }),
-            Function::Deploy => devgem_deploy::router(devgem_deploy::AppState { ports }),
+            Function::Analyze => devgem_analyze::router(devgem_analyze::AppState {
+                ports,
+                source: embedded.source.clone(),
+                source_limits: Default::default(),
+                work_dir: embedded.work_dir.clone(),
+            }),
+            Function::Build => {
+                devgem_build::router(devgem_build::AppState { ports, builder: Arc::new(embedded.builder.clone()) })
+            }
+            Function::Deploy => {
+                devgem_deploy::router(devgem_deploy::AppState { ports, runtime: Arc::new(embedded.runtime.clone()) })
+            }
             Function::Monitor => devgem_monitor::router(devgem_monitor::AppState { ports }),
             Function::Relay => devgem_relay::router(devgem_relay::AppState { ports }),
             Function::Api => devgem_api::router(devgem_api::AppState { ports, identity: embedded.identity.clone() }),

@@ -17,6 +17,7 @@ pub mod build;
 pub mod dockerfile;
 pub mod embedded;
 pub mod functions;
+pub mod proxy;
 pub mod serve;
 pub mod telemetry;
 pub mod token;

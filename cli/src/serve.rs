@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 pub async fn run(function: Function, data_dir: &Path, port: u16) -> anyhow::Result<()> {
-    let embedded = Embedded::open(data_dir)?;
+    let embedded = Embedded::open(data_dir, false)?;
     let router = function.router(&embedded).layer(axum::middleware::from_fn(correlate));
     // Cloud Run sends traffic to the container's port on every interface.
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));

@@ -6,7 +6,10 @@
 //! - First start creates the admin user; its token is printed once and saved in
 //!   `<data dir>/admin.token` (mode 0600) for the CLI. `DEVGEM_TOKEN` sets it instead.
 //! - Routes: `/health` (every function's probe, the bus backlog and dead letters), `/api/*` to the
-//!   api function, everything else to the relay (WebSocket and web UI).
+//!   api function, everything else to the relay (WebSocket and web UI); any request for
+//!   `<service>.localhost` to the deployed app (see [`crate::proxy`]).
+//! - The pipeline's subscriptions (deployments → analyze, builds and cloud-builds → build,
+//!   releases → deploy) are attached on start; revisions that served before are started again.
 //! - Ctrl-C or SIGTERM stops accepting, finishes in-flight requests and deliveries; pending
 //!   messages stay in the bus and are delivered on the next start.
 
@@ -131,6 +134,7 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 pub struct App {
     pub embedded: Embedded,
     pub router: Router,
+    functions: Vec<(&'static str, Router)>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,21 +204,58 @@ impl App {
         let api = by_name(devgem_api::NAME);
         let relay = by_name(devgem_relay::NAME);
         // The api function owns `/api/*` (and answers `/healthz`); everything else goes to the
-        // relay, which serves the WebSocket and the web UI.
+        // relay, which serves the WebSocket and the web UI. Requests for `<service>.localhost`
+        // go to the deployed app instead.
         let router = Router::new()
             .route("/health", get(health))
-            .with_state(HealthState { functions, embedded: embedded.clone() })
+            .with_state(HealthState { functions: functions.clone(), embedded: embedded.clone() })
             .merge(api)
             .fallback_service(relay)
+            .layer(axum::middleware::from_fn_with_state(embedded.runtime.clone(), crate::proxy::services))
             .layer(axum::middleware::from_fn(correlate));
-        Self { embedded, router }
+        Self { embedded, router, functions }
+    }
+
+    fn function(&self, name: &str) -> Router {
+        self.functions.iter().find(|(n, _)| *n == name).map(|(_, r)| r.clone()).unwrap_or_default()
+    }
+
+    /// Starts the pipeline on the listener's `port`: attaches the subscriptions (their pending
+    /// messages are delivered), and starts the revisions that serve services again.
+    pub async fn start(&self, port: u16) -> anyhow::Result<()> {
+        use devgem_common::events::Topic;
+        use devgem_infra::local::SubscriptionConfig;
+        self.embedded.runtime.set_public_port(port);
+        let subscriptions = [
+            ("analyze-deployments", Topic::Deployments, devgem_analyze::NAME, devgem_analyze::PUSH_DEPLOYMENTS),
+            ("build-builds", Topic::Builds, devgem_build::NAME, devgem_build::PUSH_BUILDS),
+            ("build-cloud-builds", Topic::CloudBuilds, devgem_build::NAME, devgem_build::PUSH_CLOUD_BUILDS),
+            ("deploy-releases", Topic::Releases, devgem_deploy::NAME, devgem_deploy::PUSH_RELEASES),
+        ];
+        for (name, topic, function, path) in subscriptions {
+            self.embedded
+                .bus
+                .subscribe(SubscriptionConfig::new(name, topic, path), self.function(function))
+                .await
+                .with_context(|| format!("cannot attach subscription {name}"))?;
+        }
+        for (revision, error) in self.embedded.runtime.restore().await {
+            tracing::warn!(%revision, %error, "a serving revision did not start again");
+        }
+        Ok(())
+    }
+
+    /// Stops deliveries and the deployed apps.
+    pub async fn stop(&self) {
+        self.embedded.bus.shutdown(Duration::from_secs(5)).await;
+        self.embedded.runtime.shutdown().await;
     }
 }
 
 /// Runs `devgem up` until `shutdown` resolves.
 pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&options.data_dir)?;
-    let embedded = Embedded::open(&options.data_dir)?;
+    let embedded = Embedded::open(&options.data_dir, options.host.is_loopback())?;
     let new_admin_token = embedded.identity.ensure_admin(options.preset_token.clone()).await?;
     if let Some(token) = &new_admin_token {
         write_private(&options.data_dir.join(ADMIN_TOKEN_FILE), token.expose().as_bytes())
@@ -228,6 +269,7 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send +
     let local = listener.local_addr()?;
     let url = format!("http://{local}");
     let app = App::build(embedded);
+    app.start(local.port()).await?;
     let info = ServerInfo { url: url.clone(), pid: std::process::id(), started_at: chrono::Utc::now() };
     write_private(&options.data_dir.join(SERVER_FILE), &serde_json::to_vec_pretty(&info)?)
         .context("cannot write server.json")?;
@@ -243,7 +285,7 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send +
     println!("Health: {url}/health   API: {url}/api   Stop: Ctrl-C");
 
     let served = serve(listener, app.router.clone(), shutdown, SHUTDOWN_GRACE).await;
-    app.embedded.bus.shutdown(Duration::from_secs(5)).await;
+    app.stop().await;
     let _ = std::fs::remove_file(options.data_dir.join(SERVER_FILE));
     served.context("server failed")?;
     println!("DevGem stopped.");

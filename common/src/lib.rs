@@ -34,3 +34,4 @@ pub mod ledger;
 pub mod model;
 pub mod ports;
 pub mod serve;
+pub mod timeline;

@@ -6,5 +6,6 @@
 mod builder;
 mod cli_tools;
 mod identity;
+mod pipeline;
 mod support;
 mod up;

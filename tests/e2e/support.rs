@@ -117,6 +117,7 @@ impl Drop for DevgemProcess {
 /// The whole router set of `devgem up`, in-process on a free port, on a fresh data dir.
 pub struct TestApp {
     pub url: String,
+    pub port: u16,
     pub embedded: Embedded,
     pub admin_token: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -125,11 +126,13 @@ pub struct TestApp {
 
 pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
-    let embedded = Embedded::open(dir.path()).expect("open embedded adapters");
+    let embedded = Embedded::open(dir.path(), true).expect("open embedded adapters");
     let admin = embedded.identity.ensure_admin(None).await.expect("admin").expect("new admin");
     let app = App::build(embedded.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let port = listener.local_addr().expect("addr").port();
+    let url = format!("http://127.0.0.1:{port}");
+    app.start(port).await.expect("start the pipeline");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(
         listener,
@@ -139,7 +142,7 @@ pub async fn spawn_app() -> TestApp {
         },
         Duration::from_secs(2),
     ));
-    TestApp { url, embedded, admin_token: admin.expose().to_owned(), shutdown: Some(tx), _dir: dir }
+    TestApp { url, port, embedded, admin_token: admin.expose().to_owned(), shutdown: Some(tx), _dir: dir }
 }
 
 impl Drop for TestApp {

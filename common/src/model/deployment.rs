@@ -8,6 +8,7 @@ use crate::ids::{CorrelationId, DeploymentId, ServiceName, SessionId, UserId};
 use crate::ports::source::SourceSpec;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -154,6 +155,27 @@ pub struct Failure {
     pub stage: Option<Stage>,
     /// What happened and what to do, in plain words.
     pub message: String,
+    /// The last lines of the failing build or start, when there are any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+/// What the analysis decided, stored with the deployment so a user can read it and the build
+/// uses exactly it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentPlan {
+    /// The directory of the service inside the repository (`.` at the root).
+    pub app_dir: String,
+    /// `repository` (its own Dockerfile) or the name of DevGem's template.
+    pub origin: String,
+    pub dockerfile: String,
+    pub dockerignore: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_command: Option<String>,
+    /// The port the container listens on: 8080 (`$PORT`), or one fixed in the app.
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,6 +209,20 @@ pub struct Deployment {
     pub abort_requested: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// Env values the user gave (plain values only: secrets are never stored in a document).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The commit that was analyzed, so the build uses the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<DeploymentPlan>,
+    /// The built image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The user accepted high-severity security findings for this deployment.
+    #[serde(default)]
+    pub allow_risky: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -229,6 +265,11 @@ impl Deployment {
             url: None,
             abort_requested: false,
             failure: None,
+            env: BTreeMap::new(),
+            commit: None,
+            plan: None,
+            image: None,
+            allow_risky: false,
             created_at: now,
             updated_at: now,
         }
@@ -374,7 +415,7 @@ mod tests {
         d.abort(now).expect("abort from requested");
         assert_eq!(d.advance(DeploymentState::Analyzing, now), Err(TransitionError::Terminal("aborted")));
         assert!(d.abort(now).is_err(), "a second abort is refused");
-        let fail = Failure { cause: FailureCause::Internal, stage: None, message: "x".into() };
+        let fail = Failure { cause: FailureCause::Internal, stage: None, message: "x".into(), log_tail: Vec::new() };
         assert!(d.fail(fail, now).is_err());
     }
 
@@ -416,6 +457,7 @@ mod tests {
             cause: FailureCause::AnalysisFailed,
             stage: Some(Stage::Analysis),
             message: "no app found".into(),
+            log_tail: Vec::new(),
         };
         d.fail(failure.clone(), now).expect("legal");
         assert_eq!(d.stage(Stage::Analysis).map(|s| s.status), Some(StageStatus::Failed));

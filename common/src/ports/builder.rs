@@ -2,6 +2,7 @@
 //! it arrives as a `cloud-builds`-shaped event, so one handler serves Cloud Build and the local
 //! Dockerfile executor alike.
 
+use super::blobs::BlobKey;
 use super::source::SourceSpec;
 use crate::ids::{DeploymentId, ServiceName, UserId};
 use async_trait::async_trait;
@@ -48,4 +49,9 @@ pub trait Builder: Send + Sync + std::fmt::Debug {
     async fn submit(&self, request: BuildRequest) -> Result<BuildHandle, BuilderError>;
     /// Cancels a running build; its completion event then reports `CANCELLED`.
     async fn cancel(&self, build_id: &str) -> Result<(), BuilderError>;
+}
+
+/// Where a build's whole log is kept as text in Blobs, whichever builder ran it.
+pub fn log_blob_key(build_id: &str) -> Option<BlobKey> {
+    BlobKey::parse(&format!("builds/{build_id}/log.txt")).ok()
 }

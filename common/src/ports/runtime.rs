@@ -64,6 +64,8 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
         revision: Option<&str>,
         limit: usize,
     ) -> Result<Vec<LogEntry>, RuntimeError>;
+    /// The URL the service answers on, whichever revision serves it.
+    async fn service_url(&self, owner: &UserId, service: &ServiceName) -> Result<String, RuntimeError>;
     /// Stops and removes a revision that serves no traffic.
     async fn delete_revision(&self, owner: &UserId, service: &ServiceName, revision: &str) -> Result<(), RuntimeError>;
 }

@@ -1,15 +1,26 @@
 //! The `analyze` function: repo access, detection, Dockerfile, env plan and security scan
-//! (pipeline stages 1-5). Today it holds the analyzer ([`analyzer`]) and Dockerfile generation
-//! ([`dockerfile`]) that the function, the CLI (`devgem analyze`, `devgem dockerfile`) and the
-//! pipeline share; its event handlers arrive with the pipeline
-//! issue (see README.md).
+//! (pipeline stages 1-5). It holds the analyzer ([`analyzer`]), Dockerfile generation
+//! ([`dockerfile`]) and the security scan ([`security`]) that the function, the CLI
+//! (`devgem analyze`, `devgem dockerfile`) and the pipeline share, and the event handler
+//! ([`pipeline`]) on `POST /push/deployments`.
 
 pub mod analyzer;
 pub mod dockerfile;
+pub mod pipeline;
+pub mod security;
 
 use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use devgem_common::envelope::PushRequest;
+use devgem_common::events::DeploymentRequested;
 use devgem_common::function::health_router;
+use devgem_common::handler::handle_push;
 use devgem_common::ports::Ports;
+use devgem_common::ports::source::{Source, SourceLimits};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The function's name, as `devgem serve analyze` and the Cloud Run service know it.
 pub const NAME: &str = "analyze";
@@ -18,9 +29,27 @@ pub const NAME: &str = "analyze";
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ports: Ports,
+    pub source: Arc<dyn Source>,
+    pub source_limits: SourceLimits,
+    /// Where snapshots are fetched for analysis (removed after it).
+    pub work_dir: PathBuf,
 }
+
+/// The path the `deployments` subscription pushes to.
+pub const PUSH_DEPLOYMENTS: &str = "/push/deployments";
 
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
-    health_router(NAME, state.ports.store.clone())
+    Router::new()
+        .route(PUSH_DEPLOYMENTS, post(push_deployment))
+        .with_state(state.clone())
+        .merge(health_router(NAME, state.ports.store.clone()))
+}
+
+async fn push_deployment(State(state): State<AppState>, request: PushRequest) -> Response {
+    let store = state.ports.store.clone();
+    handle_push::<DeploymentRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
+        pipeline::on_requested(&state, envelope.payload).await
+    })
+    .await
 }

@@ -131,3 +131,122 @@ pub async fn session_events(
     let events = state.ports.store.events_after(&caller.scope(), &session, params.after, limit).await?;
     Ok(Json(events))
 }
+
+/// The body of `POST /api/deployments`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDeploymentRequest {
+    /// An https git URL, or a directory on the server's machine (embedded default).
+    source: String,
+    /// A branch, tag or commit (git sources).
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    /// The service's name; derived from the source when absent.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    /// Accept high-severity security findings.
+    #[serde(default)]
+    allow_risky: bool,
+    /// The session to report in; a new one when absent.
+    #[serde(default)]
+    session_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeploymentCreated {
+    deployment_id: DeploymentId,
+    session_id: SessionId,
+    service: devgem_common::ids::ServiceName,
+}
+
+/// Env names whose values are secrets by their look. Until the Secrets adapter exists, their
+/// values are refused rather than stored in plain text.
+fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "PRIVATE", "API_KEY", "APIKEY", "DATABASE_URL", "CREDENTIAL"]
+        .iter()
+        .any(|needle| upper.contains(needle))
+}
+
+/// `POST /api/deployments`: records a deployment and starts its pipeline.
+pub async fn create_deployment(
+    State(state): State<AppState>,
+    caller: Caller,
+    correlation: Option<axum::Extension<devgem_common::ids::CorrelationId>>,
+    body: Result<Json<NewDeploymentRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<DeploymentCreated>), ApiError> {
+    use devgem_common::events::{DeploymentRequested, EventContext};
+    use devgem_common::ports::bus::BusExt;
+    use devgem_common::ports::source::{SourceLocation, SourceSpec};
+    use devgem_common::ports::store::{NewEvent, SessionEventKind, Write, to_data};
+    let request = json_body(body)?;
+    let raw = request.source.trim();
+    let location = if raw.contains("://") || raw.starts_with("git@") {
+        SourceLocation::Git { url: raw.to_owned() }
+    } else if raw.starts_with('/') {
+        SourceLocation::Local { path: raw.into() }
+    } else {
+        return Err(ApiError::bad_request(format!(
+            "{raw:?} is neither an https git URL nor an absolute directory path"
+        )));
+    };
+    let derived_from = raw.trim_end_matches('/').trim_end_matches(".git").rsplit('/').next().unwrap_or(raw);
+    let service = match &request.name {
+        Some(name) => parse(devgem_common::ids::ServiceName::parse(name))?,
+        None => devgem_common::ids::ServiceName::derive_from(derived_from),
+    };
+    for name in request.env.keys() {
+        parse(devgem_common::ids::EnvVarName::parse(name))?;
+        if looks_secret(name) {
+            return Err(ApiError::bad_request(format!(
+                "{name} looks like a secret; secret values are not accepted until DevGem can keep them in its secret store"
+            )));
+        }
+    }
+    let session_id = match &request.session_id {
+        Some(id) => parse(SessionId::parse(id))?,
+        None => SessionId::generate(),
+    };
+    let correlation_id = correlation.map(|c| c.0).unwrap_or_else(devgem_common::ids::CorrelationId::generate);
+    let now = state.ports.clock.now();
+    let mut deployment = Deployment::new(
+        devgem_common::model::deployment::NewDeployment {
+            id: DeploymentId::generate(),
+            owner: caller.user_id.clone(),
+            session_id: session_id.clone(),
+            correlation_id: correlation_id.clone(),
+            source: SourceSpec { location, git_ref: request.git_ref.clone() },
+            service: service.clone(),
+        },
+        now,
+    );
+    deployment.env = request.env.clone();
+    deployment.allow_risky = request.allow_risky;
+    let started = NewEvent {
+        kind: SessionEventKind::DeploymentStarted,
+        correlation_id: correlation_id.clone(),
+        data: serde_json::json!({ "deployment_id": deployment.id, "service": service, "source": raw }),
+    };
+    let writes = vec![
+        Write::Create {
+            key: DocKey::new("deployments", deployment.id.as_str())?,
+            owner: caller.user_id.clone(),
+            data: to_data(&deployment)?,
+        },
+        Write::Append { session: session_id.clone(), owner: caller.user_id.clone(), events: vec![started] },
+    ];
+    state.ports.store.commit(writes).await?;
+    let event = DeploymentRequested {
+        deployment_id: deployment.id.clone(),
+        owner: caller.user_id.clone(),
+        session_id: session_id.clone(),
+    };
+    let ctx = EventContext::new(crate::NAME, correlation_id);
+    state.ports.bus.publish_event(&event, &ctx, now).await.map_err(|e| {
+        tracing::error!(error = %e, "the deployment request was not published");
+        ApiError::unavailable("the deployment is recorded but could not be started; try again")
+    })?;
+    Ok((StatusCode::CREATED, Json(DeploymentCreated { deployment_id: deployment.id, session_id, service })))
+}

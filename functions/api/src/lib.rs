@@ -34,7 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/me", get(handler::me))
         .route("/api/users", post(handler::create_user))
         .route("/api/users/{id}/tokens", post(handler::issue_token))
-        .route("/api/deployments", get(handler::list_deployments))
+        .route("/api/deployments", get(handler::list_deployments).post(handler::create_deployment))
         .route("/api/deployments/{id}", get(handler::get_deployment))
         .route("/api/sessions/{id}/events", get(handler::session_events))
         .layer(from_fn_with_state(state.identity.clone(), require_bearer))

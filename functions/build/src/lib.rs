@@ -1,22 +1,65 @@
 //! The `build` function: submits builds and handles their completion (stage 6).
 //!
-//! Today its router answers the `/healthz` probe; its event handlers arrive with their issue
-//! (see README.md), mounted on the routes named there.
+//! - `POST /push/builds` (`dev.devgem.build.requested.v1`): submits the deployment's build once
+//!   (ledger `build-{deployment}`) and records its id.
+//! - `POST /push/cloud-builds` (Cloud Build notifications, from Cloud Build or the local
+//!   builder): progress while it runs; on success the release request, on failure the cause and
+//!   the log's last lines.
+
+pub mod pipeline;
 
 use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use devgem_common::envelope::PushRequest;
+use devgem_common::events::BuildRequested;
+use devgem_common::events::cloud_build::CloudBuildNotification;
 use devgem_common::function::health_router;
+use devgem_common::handler::handle_push;
 use devgem_common::ports::Ports;
+use devgem_common::ports::builder::Builder;
+use std::sync::Arc;
 
 /// The function's name, as `devgem serve build` and the Cloud Run service know it.
 pub const NAME: &str = "build";
+
+/// The path the `builds` subscription pushes to.
+pub const PUSH_BUILDS: &str = "/push/builds";
+/// The path the `cloud-builds` subscription pushes to.
+pub const PUSH_CLOUD_BUILDS: &str = "/push/cloud-builds";
 
 /// Everything the function needs, built once by `devgem serve` or `devgem up`.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ports: Ports,
+    pub builder: Arc<dyn Builder>,
 }
 
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
-    health_router(NAME, state.ports.store.clone())
+    Router::new()
+        .route(PUSH_BUILDS, post(push_build))
+        .route(PUSH_CLOUD_BUILDS, post(push_cloud_build))
+        .with_state(state.clone())
+        .merge(health_router(NAME, state.ports.store.clone()))
+}
+
+async fn push_build(State(state): State<AppState>, request: PushRequest) -> Response {
+    let store = state.ports.store.clone();
+    handle_push::<BuildRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
+        pipeline::on_build_requested(&state, envelope.payload).await
+    })
+    .await
+}
+
+async fn push_cloud_build(State(state): State<AppState>, request: PushRequest) -> Response {
+    let store = state.ports.store.clone();
+    handle_push::<CloudBuildNotification, _, _>(
+        store.as_ref(),
+        state.ports.clock.now(),
+        request,
+        |envelope| async move { pipeline::on_cloud_build(&state, envelope.payload).await },
+    )
+    .await
 }

@@ -1,22 +1,48 @@
-//! The `deploy` function: creates revisions, moves traffic, verifies URLs, rolls back (stage 7).
-//!
-//! Today its router answers the `/healthz` probe; its event handlers arrive with their issue
-//! (see README.md), mounted on the routes named there.
+//! The `deploy` function: stage 7. `POST /push/releases` (`dev.devgem.release.requested.v1`)
+//! creates the revision from the built image (once per deployment, ledger `revision-{id}`),
+//! verifies that it answers, moves the service's traffic to it and records the result in
+//! `services/{owner}-{name}`. A revision that does not start or answer never takes traffic, so
+//! the previous one keeps serving.
+
+pub mod pipeline;
 
 use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use devgem_common::envelope::PushRequest;
+use devgem_common::events::ReleaseRequested;
 use devgem_common::function::health_router;
+use devgem_common::handler::handle_push;
 use devgem_common::ports::Ports;
+use devgem_common::ports::runtime::Runtime;
+use std::sync::Arc;
 
 /// The function's name, as `devgem serve deploy` and the Cloud Run service know it.
 pub const NAME: &str = "deploy";
+
+/// The path the `releases` subscription pushes to.
+pub const PUSH_RELEASES: &str = "/push/releases";
 
 /// Everything the function needs, built once by `devgem serve` or `devgem up`.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ports: Ports,
+    pub runtime: Arc<dyn Runtime>,
 }
 
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
-    health_router(NAME, state.ports.store.clone())
+    Router::new()
+        .route(PUSH_RELEASES, post(push_release))
+        .with_state(state.clone())
+        .merge(health_router(NAME, state.ports.store.clone()))
+}
+
+async fn push_release(State(state): State<AppState>, request: PushRequest) -> Response {
+    let store = state.ports.store.clone();
+    handle_push::<ReleaseRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
+        pipeline::on_release(&state, envelope.payload).await
+    })
+    .await
 }

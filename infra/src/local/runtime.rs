@@ -78,6 +78,8 @@ struct Inner {
     bus: Arc<dyn Bus>,
     clock: Arc<dyn Clock>,
     startup_timeout: Duration,
+    /// The port of the `devgem up` listener that proxies `<label>.localhost` (0 until it binds).
+    public_port: std::sync::atomic::AtomicU16,
     state: Mutex<State>,
 }
 
@@ -114,7 +116,14 @@ impl LocalRuntime {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
         let state = State { routes, ..State::default() };
-        Ok(Self { inner: Arc::new(Inner { root, executor, bus, clock, startup_timeout, state: Mutex::new(state) }) })
+        let public_port = std::sync::atomic::AtomicU16::new(0);
+        let inner = Inner { root, executor, bus, clock, startup_timeout, public_port, state: Mutex::new(state) };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Tells the runtime the port `devgem up` listens on, for service URLs.
+    pub fn set_public_port(&self, port: u16) {
+        self.inner.public_port.store(port, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Starts every revision that serves a service (after a restart of `devgem up`). Returns the
@@ -512,6 +521,13 @@ impl Runtime for LocalRuntime {
         entries.sort_by_key(|e| e.timestamp);
         let skip = entries.len().saturating_sub(limit);
         Ok(entries.split_off(skip))
+    }
+
+    async fn service_url(&self, owner: &UserId, service: &ServiceName) -> Result<String, RuntimeError> {
+        match self.inner.public_port.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Err(RuntimeError::Unavailable("no devgem up listener routes to services".into())),
+            port => Ok(format!("http://{}.localhost:{port}/", host_label(owner, service))),
+        }
     }
 
     async fn delete_revision(&self, owner: &UserId, service: &ServiceName, revision: &str) -> Result<(), RuntimeError> {

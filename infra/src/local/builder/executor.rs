@@ -108,6 +108,8 @@ pub enum BuildError {
     Timeout(Duration),
     #[error("the local builder cannot run here: {0}")]
     Unavailable(String),
+    #[error("the source could not be fetched: {0}")]
+    Fetch(String),
 }
 
 /// How a step's process ended, when not with success.

@@ -1,7 +1,9 @@
-//! The Builder port on the embedded default: a submitted build runs in the background on the
-//! [`Executor`], its log goes to `builds/<id>/log.jsonl`, and its progress and completion are
-//! published on `cloud-builds` in Cloud Build's own notification shape, so the build function's
-//! completion handler is the same for both paths.
+//! The Builder port on the embedded default: a submitted build fetches its source with the Source
+//! adapter (a git commit, or a copy of a local directory) and runs in the background on the
+//! [`Executor`]. Its log goes to `builds/<id>/log.jsonl` as it happens and, whole, to Blobs
+//! ([`log_blob_key`]) at the end; its progress and completion are published on `cloud-builds` in
+//! Cloud Build's own notification shape, so the build function's completion handler is the same
+//! for both paths.
 
 use super::executor::{BuildError, BuildJob, CancelHandle, Executor, LogLine, cancel_pair};
 use async_trait::async_trait;
@@ -9,9 +11,10 @@ use chrono::{DateTime, Utc};
 use devgem_common::clock::Clock;
 use devgem_common::events::Topic;
 use devgem_common::events::cloud_build::{Build, BuildStatus, CloudBuildNotification, FailureInfo};
-use devgem_common::ports::builder::{BuildHandle, BuildRequest, Builder, BuilderError};
+use devgem_common::ports::blobs::{Blobs, BlobsExt};
+use devgem_common::ports::builder::{BuildHandle, BuildRequest, Builder, BuilderError, log_blob_key};
 use devgem_common::ports::bus::{Bus, OutboundMessage};
-use devgem_common::ports::source::SourceLocation;
+use devgem_common::ports::source::{Source, SourceLimits};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use std::sync::{Arc, Mutex};
 /// The log file of a build, one JSON [`LogLine`] per line.
 pub const LOG_FILE: &str = "log.jsonl";
 
-/// The local Builder: builds local snapshots (the pipeline fetches repositories first).
+/// The local Builder.
 #[derive(Debug, Clone)]
 pub struct LocalBuilder {
     inner: Arc<Inner>,
@@ -30,6 +33,8 @@ pub struct LocalBuilder {
 struct Inner {
     executor: Arc<Executor>,
     bus: Arc<dyn Bus>,
+    blobs: Arc<dyn Blobs>,
+    source: Arc<dyn Source>,
     clock: Arc<dyn Clock>,
     running: Mutex<HashMap<String, CancelHandle>>,
 }
@@ -40,8 +45,14 @@ pub fn image_name(request: &BuildRequest, build_id: &str) -> String {
 }
 
 impl LocalBuilder {
-    pub fn new(executor: Arc<Executor>, bus: Arc<dyn Bus>, clock: Arc<dyn Clock>) -> Self {
-        Self { inner: Arc::new(Inner { executor, bus, clock, running: Mutex::new(HashMap::new()) }) }
+    pub fn new(
+        executor: Arc<Executor>,
+        bus: Arc<dyn Bus>,
+        blobs: Arc<dyn Blobs>,
+        source: Arc<dyn Source>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { executor, bus, blobs, source, clock, running: Mutex::new(HashMap::new()) }) }
     }
 
     pub fn executor(&self) -> &Arc<Executor> {
@@ -62,14 +73,8 @@ fn running(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<String, CancelHan
 #[async_trait]
 impl Builder for LocalBuilder {
     async fn submit(&self, request: BuildRequest) -> Result<BuildHandle, BuilderError> {
-        let SourceLocation::Local { path } = &request.source.location else {
-            return Err(BuilderError::Refused(
-                "the local builder builds a fetched snapshot: pass its directory as a local source".into(),
-            ));
-        };
-        let context = path.join(&request.app_dir);
-        if !context.is_dir() {
-            return Err(BuilderError::Refused(format!("{} is not a directory", context.display())));
+        if request.app_dir.split('/').any(|part| part == "..") {
+            return Err(BuilderError::Refused(format!("app dir {} leaves the repository", request.app_dir)));
         }
         let build_id = uuid::Uuid::new_v4().to_string();
         let build_dir = self.inner.executor.build_dir(&build_id);
@@ -112,6 +117,8 @@ impl Builder for LocalBuilder {
 
         let log_file = Arc::new(Mutex::new(std::io::BufWriter::new(log_file)));
         let sink = log_file.clone();
+        let source_dir = build_dir.join("src");
+        let context = source_dir.join(&request.app_dir);
         let job = BuildJob {
             build_id: build_id.clone(),
             context,
@@ -126,11 +133,18 @@ impl Builder for LocalBuilder {
             timeout: request.timeout,
         };
         let inner = self.inner.clone();
+        let source = request.source.clone();
+        let log_url = format!("file://{}", log_path.display());
         tokio::spawn(async move {
-            let result = inner.executor.build(job).await;
+            let fetched = inner.source.fetch(&source, &source_dir, SourceLimits::default()).await;
+            let result = match fetched {
+                Ok(_) => inner.executor.build(job).await,
+                Err(e) => Err(BuildError::Fetch(e.to_string())),
+            };
             if let Ok(mut file) = log_file.lock() {
                 let _ = file.flush();
             }
+            store_log(&inner, &resource.id, &log_path).await;
             running(&inner).remove(&resource.id);
             finish(&mut resource, result.as_ref().err(), inner.clock.now());
             if let Ok(outcome) = &result {
@@ -147,7 +161,7 @@ impl Builder for LocalBuilder {
                 delay = (delay * 2).min(std::time::Duration::from_secs(10));
             }
         });
-        Ok(BuildHandle { build_id, log_url: Some(format!("file://{}", log_path.display())) })
+        Ok(BuildHandle { build_id, log_url: Some(log_url) })
     }
 
     async fn cancel(&self, build_id: &str) -> Result<(), BuilderError> {
@@ -169,12 +183,24 @@ fn finish(resource: &mut Build, error: Option<&BuildError>, now: DateTime<Utc>) 
         Some(BuildError::Cancelled) => (BuildStatus::Cancelled, None),
         Some(BuildError::Timeout(_)) => (BuildStatus::Timeout, None),
         Some(BuildError::Step { .. } | BuildError::Dockerfile(_)) => (BuildStatus::Failure, Some("USER_BUILD_STEP")),
+        Some(BuildError::Fetch(_)) => (BuildStatus::Failure, Some("FETCH_SOURCE_FAILED")),
         Some(BuildError::Unavailable(_)) => (BuildStatus::InternalError, None),
     };
     resource.status = status;
     if let Some(error) = error {
         resource.status_detail = Some(error.to_string());
         resource.failure_info = Some(FailureInfo { kind: kind.map(str::to_owned), detail: Some(error.to_string()) });
+    }
+}
+
+/// Keeps the whole log as text in Blobs, where the build function reads a failure's last lines.
+async fn store_log(inner: &Inner, build_id: &str, log_path: &Path) {
+    let Some(key) = log_blob_key(build_id) else { return };
+    let text = std::fs::read_to_string(log_path).unwrap_or_default();
+    let lines: String =
+        text.lines().filter_map(|l| serde_json::from_str::<LogLine>(l).ok()).map(|l| format!("{}\n", l.text)).collect();
+    if let Err(e) = inner.blobs.put_bytes(&key, lines.into_bytes().into()).await {
+        tracing::warn!(%build_id, error = %e, "the build log was not stored");
     }
 }
 

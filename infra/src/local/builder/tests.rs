@@ -274,6 +274,14 @@ async fn cancel_kills_the_running_step_at_once() {
     );
 }
 
+/// The Builder port on the fixture's data dir, with local directories as sources.
+fn port_on(f: &Fixture, executor: Arc<Executor>, bus: Arc<crate::test_support::RecordingBus>) -> LocalBuilder {
+    let blobs = crate::local::LocalBlobs::open(&f.data.join("blobs")).expect("blobs");
+    let source =
+        crate::source::GitSource::new(crate::source::SourcePolicy { allow_local_paths: true, allow_hosts: Vec::new() });
+    LocalBuilder::new(executor, bus, Arc::new(blobs), Arc::new(source), Arc::new(devgem_common::clock::SystemClock))
+}
+
 fn request(f: &Fixture, dockerfile: &str) -> devgem_common::ports::builder::BuildRequest {
     use devgem_common::ports::source::{SourceLocation, SourceSpec};
     devgem_common::ports::builder::BuildRequest {
@@ -297,7 +305,7 @@ async fn the_port_publishes_cloud_build_shaped_progress_and_completion() {
     write(&f.context, "secret.txt", "do not copy\n");
     let bus = Arc::new(crate::test_support::RecordingBus::default());
     let executor = Arc::new(fixture_executor(&f));
-    let builder = LocalBuilder::new(executor, bus.clone(), Arc::new(devgem_common::clock::SystemClock));
+    let builder = port_on(&f, executor, bus.clone());
     let handle = builder
         .submit(request(
             &f,
@@ -327,13 +335,20 @@ async fn the_port_reports_failures_and_cancels_as_cloud_build_does() {
     let f = fixture();
     let bus = Arc::new(crate::test_support::RecordingBus::default());
     let executor = Arc::new(fixture_executor(&f));
-    let builder = LocalBuilder::new(executor, bus.clone(), Arc::new(devgem_common::clock::SystemClock));
+    let builder = port_on(&f, executor, bus.clone());
     builder.submit(request(&f, "FROM debian:bookworm-slim\nRUN exit 4\nCMD [\"true\"]\n")).await.expect("submitted");
     let failed = bus.cloud_build(1).await;
     assert_eq!(failed.status, BuildStatus::Failure);
     let info = failed.build.failure_info.expect("failure info");
     assert_eq!(info.kind.as_deref(), Some("USER_BUILD_STEP"));
     assert!(info.detail.is_some_and(|d| d.contains("step 2/3 (line 2)") && d.contains("status 4")));
+    let log = {
+        use devgem_common::ports::blobs::BlobsExt;
+        let blobs = crate::local::LocalBlobs::open(&f.data.join("blobs")).expect("blobs");
+        let key = devgem_common::ports::builder::log_blob_key(&failed.build_id).expect("key");
+        String::from_utf8(blobs.get_bytes(&key).await.expect("the whole log is in Blobs").to_vec()).expect("text")
+    };
+    assert!(log.contains("Step 2/3 (line 2): RUN exit 4"), "{log}");
 
     let handle = builder
         .submit(request(&f, "FROM debian:bookworm-slim\nRUN sleep 300\nCMD [\"true\"]\n"))

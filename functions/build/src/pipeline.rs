@@ -1,0 +1,187 @@
+//! The build stage's handlers. Both are idempotent: the submit runs once per deployment (ledger),
+//! and a notification only moves a deployment that is still building with that build.
+
+use crate::AppState;
+use devgem_common::events::cloud_build::{BuildStatus, CloudBuildNotification};
+use devgem_common::events::{EventContext, ReleaseRequested};
+use devgem_common::handler::HandlerError;
+use devgem_common::ids::DeploymentId;
+use devgem_common::ledger::{LedgerError, Once, run_once};
+use devgem_common::model::deployment::{Deployment, DeploymentState, FailureCause, Stage, StageStatus};
+use devgem_common::ports::blobs::BlobsExt;
+use devgem_common::ports::builder::{BuildRequest, BuilderError, log_blob_key};
+use devgem_common::ports::bus::BusExt;
+use devgem_common::ports::source::SourceSpec;
+use devgem_common::timeline::{self, failure, update};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a build may run (Cloud Build's timeout; the local builder's too).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How many lines of a failed build's log the failure keeps.
+const LOG_TAIL: usize = 20;
+
+fn internal(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Internal(e.to_string())
+}
+
+pub async fn on_build_requested(
+    state: &AppState,
+    event: devgem_common::events::BuildRequested,
+) -> Result<(), HandlerError> {
+    let store = state.ports.store.as_ref();
+    let now = || state.ports.clock.now();
+    let Some((mut deployment, version)) = timeline::load(store, &event.deployment_id).await? else {
+        return Err(HandlerError::Poison(format!("deployment {} does not exist", event.deployment_id)));
+    };
+    if deployment.state.is_terminal() || deployment.build_id.is_some() {
+        return Ok(());
+    }
+    if deployment.abort_requested {
+        timeline::abort(store, &mut deployment, version, now()).await?;
+        return Ok(());
+    }
+    if deployment.state != DeploymentState::Building {
+        return Ok(());
+    }
+    let Some(plan) = deployment.plan.clone() else {
+        return Err(internal(format!("deployment {} is building without a plan", deployment.id)));
+    };
+    let mut extra_files = BTreeMap::new();
+    if plan.origin != "repository" {
+        extra_files.insert(".dockerignore".to_owned(), plan.dockerignore.clone());
+    }
+    let request = BuildRequest {
+        deployment_id: deployment.id.clone(),
+        owner: deployment.owner.clone(),
+        service: deployment.service.clone(),
+        // The commit that was analyzed, so the build sees the same source.
+        source: SourceSpec {
+            location: deployment.source.location.clone(),
+            git_ref: deployment.commit.clone().or_else(|| deployment.source.git_ref.clone()),
+        },
+        dockerfile: plan.dockerfile.clone(),
+        extra_files,
+        app_dir: plan.app_dir.clone(),
+        timeout: BUILD_TIMEOUT,
+    };
+    let builder = state.builder.clone();
+    let key = format!("build-{}", deployment.id);
+    let submitted = run_once(store, state.ports.clock.as_ref(), &key, chrono::Duration::minutes(5), || async move {
+        builder.submit(request).await.map(|handle| handle.build_id)
+    })
+    .await;
+    let build_id = match submitted {
+        Ok(Once::Applied(id) | Once::AlreadyDone(id)) => id,
+        Err(LedgerError::InProgress { .. }) => {
+            return Err(HandlerError::Transient("the build is being submitted".into()));
+        }
+        Err(LedgerError::Effect(BuilderError::Refused(why))) => {
+            let fail = failure(FailureCause::BuildFailed, Stage::Build, format!("the build was refused: {why}"));
+            timeline::fail(store, &mut deployment, version, fail, now()).await?;
+            return Ok(());
+        }
+        Err(LedgerError::Effect(e)) => return Err(HandlerError::Transient(e.to_string())),
+        Err(LedgerError::Store(e)) => return Err(e.into()),
+    };
+    deployment.build_id = Some(build_id.clone());
+    let events = vec![update(&deployment, Stage::Build, StageStatus::Running, format!("Build {build_id} started"))];
+    timeline::save(store, &deployment, version, events).await?;
+    Ok(())
+}
+
+pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotification) -> Result<(), HandlerError> {
+    let store = state.ports.store.as_ref();
+    let now = || state.ports.clock.now();
+    // Builds that DevGem did not start (other builds of the project) are none of its business.
+    let Some(tag) = notification.build.deployment_tag() else { return Ok(()) };
+    let id = DeploymentId::parse(tag).map_err(|e| HandlerError::Poison(format!("build tag {tag}: {e}")))?;
+    let Some((mut deployment, version)) = timeline::load(store, &id).await? else {
+        return Err(HandlerError::Poison(format!(
+            "build {} names deployment {id}, which does not exist",
+            notification.build_id
+        )));
+    };
+    if deployment.state.is_terminal() {
+        return Ok(());
+    }
+    match deployment.build_id.as_deref() {
+        // The submit has not recorded the id yet: this notification came first. Try again later.
+        None => return Err(HandlerError::Transient("the build id is not recorded yet".into())),
+        Some(ours) if ours != notification.build_id => return Ok(()),
+        Some(_) => {}
+    }
+    match notification.status {
+        BuildStatus::Queued | BuildStatus::Pending | BuildStatus::Working | BuildStatus::StatusUnknown => {
+            if deployment.raise_progress(50, now()).map_err(internal)? {
+                timeline::save(store, &deployment, version, Vec::new()).await?;
+            }
+            Ok(())
+        }
+        BuildStatus::Success => {
+            if deployment.state == DeploymentState::Building {
+                let image = notification.build.images.first().cloned().ok_or_else(|| {
+                    HandlerError::Poison(format!("build {} succeeded without an image", notification.build_id))
+                })?;
+                deployment.image = Some(image);
+                deployment.set_stage(Stage::Build, StageStatus::Done, None, now());
+                deployment.advance(DeploymentState::Deploying, now()).map_err(internal)?;
+                deployment.set_stage(Stage::Deploy, StageStatus::Running, None, now());
+                let events =
+                    vec![update(&deployment, Stage::Deploy, StageStatus::Running, "Starting the new revision")];
+                timeline::save(store, &deployment, version, events).await?;
+            }
+            if deployment.state == DeploymentState::Deploying {
+                request_release(state, &deployment).await?;
+            }
+            Ok(())
+        }
+        BuildStatus::Cancelled if deployment.abort_requested => {
+            timeline::abort(store, &mut deployment, version, now()).await?;
+            Ok(())
+        }
+        status => {
+            let detail = notification
+                .build
+                .status_detail
+                .clone()
+                .unwrap_or_else(|| format!("the build ended {}", status.as_str()));
+            let mut fail = failure(FailureCause::BuildFailed, Stage::Build, detail);
+            if status == BuildStatus::Timeout {
+                fail.cause = FailureCause::Timeout;
+            }
+            fail.log_tail = log_tail(state, &notification.build_id).await;
+            timeline::fail(store, &mut deployment, version, fail, now()).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn log_tail(state: &AppState, build_id: &str) -> Vec<String> {
+    let Some(key) = log_blob_key(build_id) else { return Vec::new() };
+    let Ok(bytes) = state.ports.blobs.get_bytes(&key).await else { return Vec::new() };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL)..].iter().map(|l| (*l).to_owned()).collect()
+}
+
+async fn request_release(state: &AppState, deployment: &Deployment) -> Result<(), HandlerError> {
+    let (Some(build_id), Some(image)) = (deployment.build_id.clone(), deployment.image.clone()) else {
+        return Err(internal(format!("deployment {} has no image to release", deployment.id)));
+    };
+    let release = ReleaseRequested {
+        deployment_id: deployment.id.clone(),
+        owner: deployment.owner.clone(),
+        session_id: deployment.session_id.clone(),
+        build_id,
+        image,
+    };
+    let ctx = EventContext::new(crate::NAME, deployment.correlation_id.clone());
+    state
+        .ports
+        .bus
+        .publish_event(&release, &ctx, state.ports.clock.now())
+        .await
+        .map_err(|e| HandlerError::Transient(format!("publishing the release request: {e}")))?;
+    Ok(())
+}

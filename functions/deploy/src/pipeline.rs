@@ -1,0 +1,185 @@
+//! Stage 7's handler. Idempotent: the revision is created once per deployment (its name and URL
+//! are the ledger's recorded result), verifying and routing can be repeated, and a deployment
+//! that is already live or failed is left alone.
+
+use crate::AppState;
+use devgem_common::events::ReleaseRequested;
+use devgem_common::handler::HandlerError;
+use devgem_common::ids::EnvVarName;
+use devgem_common::ledger::{LedgerError, Once, run_once};
+use devgem_common::model::deployment::{DeploymentState, FailureCause, Stage, StageStatus};
+use devgem_common::model::service::{Revision, Service};
+use devgem_common::ports::runtime::{EnvValue, RevisionSpec, RuntimeError};
+use devgem_common::ports::store::{DocKey, Scope, StoreError, StoreExt, Write, to_data};
+use devgem_common::timeline::{self, failure, update};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What the ledger keeps of a created revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Created {
+    name: String,
+    url: String,
+}
+
+fn internal(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Internal(e.to_string())
+}
+
+/// How many lines of the app's log a start failure keeps.
+const LOG_TAIL: usize = 20;
+
+pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(), HandlerError> {
+    let store = state.ports.store.as_ref();
+    let now = || state.ports.clock.now();
+    let Some((mut deployment, mut version)) = timeline::load(store, &event.deployment_id).await? else {
+        return Err(HandlerError::Poison(format!("deployment {} does not exist", event.deployment_id)));
+    };
+    if deployment.state.is_terminal() {
+        return Ok(());
+    }
+    if deployment.abort_requested {
+        timeline::abort(store, &mut deployment, version, now()).await?;
+        return Ok(());
+    }
+    if !matches!(deployment.state, DeploymentState::Deploying | DeploymentState::Verifying) {
+        return Ok(());
+    }
+    let Some(plan) = deployment.plan.clone() else {
+        return Err(internal(format!("deployment {} has no plan", deployment.id)));
+    };
+    let mut env = BTreeMap::new();
+    for (name, value) in &deployment.env {
+        let name = EnvVarName::parse(name).map_err(|e| HandlerError::Poison(e.to_string()))?;
+        env.insert(name, EnvValue::Plain(value.clone()));
+    }
+    let spec = RevisionSpec {
+        owner: deployment.owner.clone(),
+        service: deployment.service.clone(),
+        image: event.image.clone(),
+        env,
+        port: plan.port,
+    };
+    let runtime = state.runtime.clone();
+    let key = format!("revision-{}", deployment.id);
+    let created = run_once(store, state.ports.clock.as_ref(), &key, chrono::Duration::minutes(5), || async move {
+        runtime.create_revision(spec).await.map(|info| Created { name: info.name, url: info.url })
+    })
+    .await;
+    let created = match created {
+        Ok(Once::Applied(c) | Once::AlreadyDone(c)) => c,
+        Err(LedgerError::InProgress { .. }) => {
+            return Err(HandlerError::Transient("the revision is being created".into()));
+        }
+        Err(LedgerError::Effect(RuntimeError::StartFailed(why))) => {
+            let mut fail = failure(
+                FailureCause::StartFailed,
+                Stage::Deploy,
+                format!("the new revision did not start: {why}. The previous revision, if any, keeps serving"),
+            );
+            fail.log_tail = start_log(state, &deployment.owner, &deployment.service).await;
+            timeline::fail(store, &mut deployment, version, fail, now()).await?;
+            return Ok(());
+        }
+        Err(LedgerError::Effect(RuntimeError::Refused(why))) => {
+            let fail = failure(FailureCause::StartFailed, Stage::Deploy, format!("the revision was refused: {why}"));
+            timeline::fail(store, &mut deployment, version, fail, now()).await?;
+            return Ok(());
+        }
+        Err(LedgerError::Effect(e)) => return Err(HandlerError::Transient(e.to_string())),
+        Err(LedgerError::Store(e)) => return Err(e.into()),
+    };
+    if deployment.state == DeploymentState::Deploying {
+        deployment.revision = Some(created.name.clone());
+        deployment.advance(DeploymentState::Verifying, now()).map_err(internal)?;
+        let text = format!("Revision {} started; checking that it answers", created.name);
+        version = timeline::save(
+            store,
+            &deployment,
+            version,
+            vec![update(&deployment, Stage::Deploy, StageStatus::Running, text)],
+        )
+        .await?;
+    }
+    if let Err(e) = state.runtime.verify(&created.url).await {
+        let message =
+            format!("the new revision does not answer HTTP: {e}. The previous revision, if any, keeps serving");
+        let _ = state.runtime.delete_revision(&deployment.owner, &deployment.service, &created.name).await;
+        timeline::fail(
+            store,
+            &mut deployment,
+            version,
+            failure(FailureCause::VerifyFailed, Stage::Deploy, message),
+            now(),
+        )
+        .await?;
+        return Ok(());
+    }
+    state
+        .runtime
+        .route_traffic(&deployment.owner, &deployment.service, &created.name)
+        .await
+        .map_err(|e| HandlerError::Transient(format!("moving traffic: {e}")))?;
+    let url = state.runtime.service_url(&deployment.owner, &deployment.service).await.unwrap_or(created.url.clone());
+    record_service(state, &deployment, &created.name, &event.image, &url).await?;
+    deployment.url = Some(url.clone());
+    deployment.set_stage(Stage::Deploy, StageStatus::Done, None, now());
+    deployment.advance(DeploymentState::Live, now()).map_err(internal)?;
+    let events = vec![update(&deployment, Stage::Deploy, StageStatus::Done, format!("Live at {url}"))];
+    timeline::save(store, &deployment, version, events).await?;
+    Ok(())
+}
+
+async fn start_log(
+    state: &AppState,
+    owner: &devgem_common::ids::UserId,
+    service: &devgem_common::ids::ServiceName,
+) -> Vec<String> {
+    state
+        .runtime
+        .logs(owner, service, None, LOG_TAIL)
+        .await
+        .map(|entries| entries.iter().filter_map(|e| e.message().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Records the revision in `services/{owner}-{name}` and that it serves.
+async fn record_service(
+    state: &AppState,
+    deployment: &devgem_common::model::deployment::Deployment,
+    revision: &str,
+    image: &str,
+    url: &str,
+) -> Result<(), HandlerError> {
+    let store = state.ports.store.as_ref();
+    let key = DocKey::new("services", Service::doc_id(&deployment.owner, &deployment.service))?;
+    for _ in 0..5 {
+        let existing = store.get_typed::<Service>(&Scope::All, &key).await?;
+        let (mut service, expected) = match existing {
+            Some((service, version)) => (service, Some(version)),
+            None => (Service::new(deployment.owner.clone(), deployment.service.clone()), None),
+        };
+        if service.revision(revision).is_none() {
+            let entry = Revision {
+                name: revision.to_owned(),
+                deployment_id: deployment.id.clone(),
+                image: image.to_owned(),
+                created_at: state.ports.clock.now(),
+            };
+            service.add_revision(entry).map_err(internal)?;
+        }
+        service.route_to(revision).map_err(internal)?;
+        service.url = Some(url.to_owned());
+        let data = to_data(&service)?;
+        let write = match expected {
+            Some(expected_version) => Write::Update { key: key.clone(), expected_version, data },
+            None => Write::Create { key: key.clone(), owner: deployment.owner.clone(), data },
+        };
+        match store.commit(vec![write]).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict { key: key.to_string(), reason: "too many concurrent writers".into() }.into())
+}

@@ -1,0 +1,169 @@
+//! The deploy pipeline through the router set, as a client sees it: `POST /api/deployments`, the
+//! deployment document and the session's events as it moves, and the app answering on
+//! `http://<service>.localhost:<port>/` through the `devgem up` listener.
+
+use crate::support::{TestApp, spawn_app};
+use devgem_e2e::copy_dir;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn app_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/apps").join(name)
+}
+
+async fn api(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut request =
+        client.request(method.parse().expect("method"), format!("{}{path}", app.url)).bearer_auth(&app.admin_token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Starts a deployment and waits until it ends.
+async fn deploy(app: &TestApp, body: Value) -> (Value, Value) {
+    let (status, created) = api(app, "POST", "/api/deployments", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["deployment_id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (_, deployment) = api(app, "GET", &format!("/api/deployments/{id}"), None).await;
+        if matches!(deployment["state"].as_str(), Some("live" | "failed" | "aborted")) {
+            return (created, deployment);
+        }
+        assert!(Instant::now() < deadline, "still {} after 180 s: {deployment}", deployment["state"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn session_events(app: &TestApp, session: &str) -> Vec<Value> {
+    let (_, events) = api(app, "GET", &format!("/api/sessions/{session}/events?limit=1000"), None).await;
+    events.as_array().cloned().unwrap_or_default()
+}
+
+/// `GET /` on the service's host name through the listener.
+async fn get_service(app: &TestApp, label: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("{}/", app.url))
+        .header("host", format!("{label}.localhost:{}", app.port))
+        .send()
+        .await
+        .expect("request");
+    (response.status().as_u16(), response.text().await.unwrap_or_default())
+}
+
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&app_fixture(name), dir.path());
+    dir
+}
+
+#[tokio::test]
+async fn a_local_app_deploys_through_every_stage_and_answers_on_its_host() {
+    let app = spawn_app().await;
+    let repo = copy_fixture("py-stdlib");
+    let (created, deployment) = deploy(&app, json!({ "source": repo.path(), "name": "hello" })).await;
+    assert_eq!(deployment["state"], "live", "{deployment}");
+    assert_eq!(deployment["progress"], 100);
+    assert_eq!(deployment["url"], format!("http://hello.localhost:{}/", app.port));
+    assert_eq!(deployment["plan"]["origin"], "python-pip");
+    assert!(deployment["stages"].as_array().is_some_and(|s| s.iter().all(|s| s["status"] == "done")), "{deployment}");
+    let (status, body) = get_service(&app, "hello").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("devgem-fixture:py-stdlib"), "{body}");
+
+    let events = session_events(&app, created["session_id"].as_str().expect("session")).await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    for kind in ["deployment_started", "analysis", "deployment_update", "deployment_progress", "deployment_complete"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert_eq!(kinds.last(), Some(&"deployment_complete"));
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap-free: {seqs:?}");
+    let percents: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "deployment_progress")
+        .filter_map(|e| e["data"]["percent"].as_u64())
+        .collect();
+    assert!(percents.windows(2).all(|w| w[1] >= w[0]), "progress only rises: {percents:?}");
+    assert_eq!(percents.last(), Some(&100));
+
+    let (status, _) = get_service(&app, "nothing-here").await;
+    assert_eq!(status, 404, "an unknown service host is a clear 404");
+}
+
+#[tokio::test]
+async fn a_second_deploy_replaces_the_revision_and_a_failed_one_leaves_it_serving() {
+    let app = spawn_app().await;
+    let repo = copy_fixture("static-site");
+    let (_, first) = deploy(&app, json!({ "source": repo.path(), "name": "site" })).await;
+    assert_eq!(first["state"], "live", "{first}");
+    std::fs::write(repo.path().join("index.html"), "<h1>devgem-fixture:static-site v2</h1>").expect("edit");
+    let (_, second) = deploy(&app, json!({ "source": repo.path(), "name": "site" })).await;
+    assert_eq!(second["state"], "live", "{second}");
+    assert_ne!(first["revision"], second["revision"]);
+    let (_, body) = get_service(&app, "site").await;
+    assert!(body.contains("static-site v2"), "{body}");
+
+    // A build that fails: the cause, the step and the log's end; the live revision stays.
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "FROM debian:bookworm-slim\nRUN echo cannot build this && exit 3\nCMD [\"true\"]\n",
+    )
+    .expect("write");
+    let (created, failed) = deploy(&app, json!({ "source": repo.path(), "name": "site" })).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["failure"]["cause"], "build_failed");
+    assert_eq!(failed["failure"]["stage"], "build");
+    assert!(
+        failed["failure"]["message"].as_str().is_some_and(|m| m.contains("(line 2)") && m.contains("status 3")),
+        "{failed}"
+    );
+    let tail: Vec<&str> =
+        failed["failure"]["log_tail"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(tail.contains(&"cannot build this"), "{tail:?}");
+    let (_, body) = get_service(&app, "site").await;
+    assert!(body.contains("static-site v2"), "the previous revision keeps serving: {body}");
+    let events = session_events(&app, created["session_id"].as_str().expect("session")).await;
+    let complete = events.iter().rev().find(|e| e["type"] == "deployment_complete").expect("complete event");
+    assert_eq!(complete["data"]["state"], "failed");
+}
+
+#[tokio::test]
+async fn missing_env_and_bad_requests_are_explained() {
+    let app = spawn_app().await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        repo.path().join("app.py"),
+        "import os\nfrom http.server import HTTPServer, SimpleHTTPRequestHandler\n\nAPI_BASE = os.environ[\"API_BASE\"]\n\nif __name__ == \"__main__\":\n    HTTPServer((\"0.0.0.0\", int(os.environ.get(\"PORT\", \"8080\"))), SimpleHTTPRequestHandler).serve_forever()\n",
+    )
+    .expect("write");
+    std::fs::write(repo.path().join("requirements.txt"), "# none\n").expect("write");
+    let (_, failed) = deploy(&app, json!({ "source": repo.path(), "name": "needs-env" })).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["failure"]["cause"], "missing_env");
+    assert!(
+        failed["failure"]["message"].as_str().is_some_and(|m| m.contains("API_BASE") && m.contains("--env API_BASE="))
+    );
+
+    let (_, live) =
+        deploy(&app, json!({ "source": repo.path(), "name": "needs-env", "env": { "API_BASE": "http://api" } })).await;
+    assert_eq!(live["state"], "live", "{live}");
+
+    let (status, error) = api(&app, "POST", "/api/deployments", Some(json!({ "source": "relative/dir" }))).await;
+    assert_eq!(status, 400);
+    assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("absolute directory")), "{error}");
+    let (status, error) =
+        api(&app, "POST", "/api/deployments", Some(json!({ "source": "/x", "env": { "DB_PASSWORD": "p" } }))).await;
+    assert_eq!(status, 400, "{error}");
+    let (_, refused) = deploy(&app, json!({ "source": "https://127.0.0.1/app.git" })).await;
+    assert_eq!(refused["failure"]["cause"], "source_unavailable");
+    assert!(
+        refused["failure"]["message"].as_str().is_some_and(|m| m.contains("private or internal address")),
+        "{refused}"
+    );
+}
