@@ -5,6 +5,7 @@
 //! - [`analyze`]: `devgem analyze`, the analyzer on a directory or a clone.
 //! - [`dockerfile`]: `devgem dockerfile`, the Dockerfile DevGem builds with.
 //! - [`build`]: `devgem build`, the local builder on a directory.
+//! - [`deploy`]: `devgem deploy`, a deployment followed to its end.
 //! - [`embedded`]: opening the embedded adapters on a data dir (the wiring of `devgem up`).
 //! - [`functions`]: the function routers by name, for `serve` and `up`.
 //! - [`up`]: `devgem up`, all functions in one process behind one listener.
@@ -14,6 +15,7 @@
 
 pub mod analyze;
 pub mod build;
+pub mod deploy;
 pub mod dockerfile;
 pub mod embedded;
 pub mod functions;
@@ -70,6 +72,29 @@ pub enum Command {
         #[arg(long)]
         write: bool,
     },
+    /// Deploy a directory or an https git URL and follow it until it is live (prints the URL).
+    Deploy {
+        /// The app's directory, or an https git URL.
+        target: String,
+        /// The service's name (default: from the directory or repository).
+        #[arg(long)]
+        name: Option<String>,
+        /// A branch, tag or commit (git URLs).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// An env var for the app, KEY=value (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// A file of KEY=value lines.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Deploy even with high-severity security findings.
+        #[arg(long)]
+        allow_risky: bool,
+        /// A running server to use (else the one recorded in the data dir, else in-process).
+        #[arg(long, env = "DEVGEM_SERVER")]
+        server: Option<String>,
+    },
     /// Build a repository with the local builder and print the start command it produced.
     Build {
         /// The repository's directory.
@@ -106,6 +131,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze { target, json } => analyze::run(&target, json).await,
         Command::Dockerfile { target, write } => dockerfile::run(&target, write).await,
         Command::Build { target } => build::run(&target, &cli.data_dir).await,
+        Command::Deploy { target, name, git_ref, env, env_file, allow_risky, server } => {
+            let args = deploy::DeployArgs { target, name, git_ref, env, env_file, allow_risky, server };
+            deploy::run(&cli.data_dir, args).await
+        }
         Command::Serve { function, port } => serve::run(function, &cli.data_dir, port).await,
         Command::Token { command: TokenCommand::Create { user, name, server } } => {
             let token = token::create(&cli.data_dir, &user, name.as_deref(), server.as_deref()).await?;

@@ -27,7 +27,7 @@ struct ErrorDetail {
 }
 
 /// The admin token for talking to a server: `DEVGEM_TOKEN`, else the data dir's file.
-fn admin_token(data_dir: &Path) -> anyhow::Result<Token> {
+pub fn admin_token(data_dir: &Path) -> anyhow::Result<Token> {
     if let Some(token) = crate::up::preset_token()? {
         return Ok(token);
     }

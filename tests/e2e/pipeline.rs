@@ -167,3 +167,56 @@ async fn missing_env_and_bad_requests_are_explained() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn devgem_deploy_follows_a_deploy_to_its_url_or_its_cause() {
+    use crate::support::{DevgemProcess, devgem_bin};
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut up = DevgemProcess::start(data.path(), &["up", "--port", "0"], &[]);
+    let info = up.wait_ready().await;
+    let repo = copy_fixture("node-plain");
+    let deploy = |target: &Path, extra: &[&str]| {
+        std::process::Command::new(devgem_bin())
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("deploy")
+            .arg(target)
+            .args(extra)
+            .env_remove("DEVGEM_SERVER")
+            .env_remove("DEVGEM_TOKEN")
+            .output()
+            .expect("run devgem deploy")
+    };
+    let out = deploy(repo.path(), &["--name", "shop"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let port = info.url.rsplit(':').next().expect("port");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("http://shop.localhost:{port}/"));
+    for line in ["repo_access", "Wrote a Dockerfile (node-server)", "100%", "Live in"] {
+        assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
+    }
+    let body = reqwest::Client::new()
+        .get(format!("{}/", info.url))
+        .header("host", format!("shop.localhost:{port}"))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains("devgem-fixture:node-plain"), "{body}");
+
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "FROM node:20-slim\nRUN node -e 'process.exit(7)'\nCMD [\"node\"]\n",
+    )
+    .expect("write");
+    let out = deploy(repo.path(), &["--name", "shop"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("Deployment failed at stage build") && stderr.contains("status 7"), "{stderr}");
+    assert!(stderr.contains("Try: 'devgem build <dir>'"), "{stderr}");
+    up.signal("TERM");
+    assert!(up.wait_exit(Duration::from_secs(20)).success());
+}
