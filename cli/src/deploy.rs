@@ -246,3 +246,28 @@ mod tests {
         assert!(parse_env_file("NOEQUALS\n").is_err());
     }
 }
+
+/// `devgem abort <deployment>`: asks the running server to stop a deployment, then waits (up to
+/// 10 s) until it has ended.
+pub async fn abort(data_dir: &Path, id: &str, server: Option<String>) -> anyhow::Result<()> {
+    let Some(url) = server.or_else(|| running_server(data_dir).map(|s| s.url)) else {
+        bail!("no DevGem server is running for {}; nothing is deploying", data_dir.display());
+    };
+    let api = Api::new(&url, admin_token(data_dir)?);
+    api.call(reqwest::Method::POST, &format!("/api/deployments/{id}/abort"), None).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let deployment = api.call(reqwest::Method::GET, &format!("/api/deployments/{id}"), None).await?;
+        match deployment["state"].as_str() {
+            Some("aborted") => {
+                eprintln!("Deployment {id} aborted; the revision that served before keeps serving.");
+                return Ok(());
+            }
+            Some(state @ ("live" | "failed")) => bail!("deployment {id} ended {state} before the abort took effect"),
+            _ if std::time::Instant::now() > deadline => {
+                bail!("deployment {id} has not stopped yet; check it with GET /api/deployments/{id}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -49,6 +49,11 @@ impl Embedded {
     /// Opens every adapter on `data_dir`. `local_paths`: whether local directories are accepted
     /// as sources (only when the server listens on loopback: the user is on this machine).
     pub fn open(data_dir: &Path, local_paths: bool) -> Result<Self, OpenError> {
+        Self::open_with_policy(data_dir, SourcePolicy::from_env(local_paths))
+    }
+
+    /// Opens every adapter on `data_dir` with an explicit source policy (tests allow loopback).
+    pub fn open_with_policy(data_dir: &Path, policy: SourcePolicy) -> Result<Self, OpenError> {
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir { path: data_dir.to_owned(), source })?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = Arc::new(LocalStore::open(&data_dir.join("store.db"), clock.clone())?);
@@ -56,7 +61,7 @@ impl Embedded {
         let blobs = Arc::new(LocalBlobs::open(&data_dir.join("blobs"))?);
         let identity = Identity::new(store.clone(), clock.clone());
         let ports = Ports { store, bus: Arc::new(bus.clone()), blobs, clock };
-        let source = Arc::new(GitSource::new(SourcePolicy::from_env(local_paths)));
+        let source = Arc::new(GitSource::new(policy));
         let executor = Arc::new(executor_for(data_dir)?);
         let builder = LocalBuilder::new(
             executor.clone(),

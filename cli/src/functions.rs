@@ -52,12 +52,14 @@ impl Function {
                 source: embedded.source.clone(),
                 source_limits: Default::default(),
                 work_dir: embedded.work_dir.clone(),
+                cancels: Default::default(),
             }),
             Function::Build => {
                 devgem_build::router(devgem_build::AppState { ports, builder: Arc::new(embedded.builder.clone()) })
             }
             Function::Deploy => {
-                devgem_deploy::router(devgem_deploy::AppState { ports, runtime: Arc::new(embedded.runtime.clone()) })
+                let runtime = Arc::new(embedded.runtime.clone());
+                devgem_deploy::router(devgem_deploy::AppState { ports, runtime, cancels: Default::default() })
             }
             Function::Monitor => devgem_monitor::router(devgem_monitor::AppState { ports }),
             Function::Relay => devgem_relay::router(devgem_relay::AppState { ports }),

@@ -95,6 +95,13 @@ pub enum Command {
         #[arg(long, env = "DEVGEM_SERVER")]
         server: Option<String>,
     },
+    /// Stop a deployment in whatever stage it is; the revision serving before keeps serving.
+    Abort {
+        /// The deployment's id (printed by `devgem deploy`).
+        deployment: String,
+        #[arg(long, env = "DEVGEM_SERVER")]
+        server: Option<String>,
+    },
     /// Build a repository with the local builder and print the start command it produced.
     Build {
         /// The repository's directory.
@@ -131,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze { target, json } => analyze::run(&target, json).await,
         Command::Dockerfile { target, write } => dockerfile::run(&target, write).await,
         Command::Build { target } => build::run(&target, &cli.data_dir).await,
+        Command::Abort { deployment, server } => deploy::abort(&cli.data_dir, &deployment, server).await,
         Command::Deploy { target, name, git_ref, env, env_file, allow_risky, server } => {
             let args = deploy::DeployArgs { target, name, git_ref, env, env_file, allow_risky, server };
             deploy::run(&cli.data_dir, args).await

@@ -9,7 +9,8 @@
 //!   api function, everything else to the relay (WebSocket and web UI); any request for
 //!   `<service>.localhost` to the deployed app (see [`crate::proxy`]).
 //! - The pipeline's subscriptions (deployments → analyze, builds and cloud-builds → build,
-//!   releases → deploy) are attached on start; revisions that served before are started again.
+//!   releases → deploy, control → all three) are attached on start; revisions that served before
+//!   are started again.
 //! - Ctrl-C or SIGTERM stops accepting, finishes in-flight requests and deliveries; pending
 //!   messages stay in the bus and are delivered on the next start.
 
@@ -231,6 +232,9 @@ impl App {
             ("build-builds", Topic::Builds, devgem_build::NAME, devgem_build::PUSH_BUILDS),
             ("build-cloud-builds", Topic::CloudBuilds, devgem_build::NAME, devgem_build::PUSH_CLOUD_BUILDS),
             ("deploy-releases", Topic::Releases, devgem_deploy::NAME, devgem_deploy::PUSH_RELEASES),
+            ("analyze-control", Topic::Control, devgem_analyze::NAME, devgem_analyze::PUSH_CONTROL),
+            ("build-control", Topic::Control, devgem_build::NAME, devgem_build::PUSH_CONTROL),
+            ("deploy-control", Topic::Control, devgem_deploy::NAME, devgem_deploy::PUSH_CONTROL),
         ];
         for (name, topic, function, path) in subscriptions {
             self.embedded

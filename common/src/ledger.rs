@@ -83,6 +83,17 @@ pub async fn once_in_tx(
     }
 }
 
+/// The recorded result of the effect done under `key`, if it is done.
+pub async fn recorded<T: DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<T>, StoreError> {
+    let Some(doc) = store.get(&Scope::All, &ledger_key(key)?).await? else { return Ok(None) };
+    match doc.parse::<Entry>()? {
+        Entry::Done { result, .. } => {
+            serde_json::from_value(result).map(Some).map_err(|e| StoreError::Corrupt(format!("ledger {key}: {e}")))
+        }
+        Entry::Claimed { .. } => Ok(None),
+    }
+}
+
 /// Runs `effect` once for `key`; its result is recorded and returned to every later caller.
 pub async fn run_once<T, E, F, Fut>(
     store: &dyn Store,

@@ -22,6 +22,7 @@
 //! - [`dockerfile`]: Dockerfiles parsed into stages and instructions, for the analyzer and the
 //!   local builder.
 
+pub mod cancel;
 pub mod clock;
 pub mod dockerfile;
 pub mod envelope;

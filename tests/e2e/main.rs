@@ -7,5 +7,6 @@ mod builder;
 mod cli_tools;
 mod identity;
 mod pipeline;
+mod source;
 mod support;
 mod up;

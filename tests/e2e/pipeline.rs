@@ -220,3 +220,124 @@ async fn devgem_deploy_follows_a_deploy_to_its_url_or_its_cause() {
     up.signal("TERM");
     assert!(up.wait_exit(Duration::from_secs(20)).success());
 }
+
+async fn wait_for(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, deployment) = api(app, "GET", &format!("/api/deployments/{id}"), None).await;
+        if done(&deployment) {
+            return deployment;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {deployment}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Aborts and returns the deployment once it ended, with how long that took.
+async fn abort(app: &TestApp, id: &str) -> (Value, Duration) {
+    let started = Instant::now();
+    let (status, body) = api(app, "POST", &format!("/api/deployments/{id}/abort"), None).await;
+    assert_eq!(status, 202, "{body}");
+    let ended =
+        wait_for(app, id, "ended", |d| matches!(d["state"].as_str(), Some("aborted" | "failed" | "live"))).await;
+    (ended, started.elapsed())
+}
+
+fn survivors(pattern: &str) -> String {
+    let out = std::process::Command::new("pgrep").args(["-f", pattern]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn git_urls_deploy_at_the_default_branch_a_branch_and_a_tag() {
+    let app = crate::support::spawn_app_with_hosts(&["127.0.0.1"]).await;
+    let served = devgem_e2e::served_repo(Some(&app_fixture("static-site")), Duration::ZERO).await;
+    let url = format!("http://127.0.0.1:{}/app.git", served.addr.port());
+    for (git_ref, version) in [(Some("next"), "3"), (None, "2"), (Some("v1"), "1")] {
+        let (_, deployment) = deploy(&app, json!({ "source": url, "ref": git_ref, "name": "gitsite" })).await;
+        assert_eq!(deployment["state"], "live", "{git_ref:?}: {deployment}");
+        assert_eq!(deployment["commit"].as_str().map(str::len), Some(40));
+        let response = reqwest::Client::new()
+            .get(format!("{}/VERSION", app.url))
+            .header("host", format!("gitsite.localhost:{}", app.port))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.text().await.expect("body").trim(), version, "{git_ref:?}");
+    }
+    let (_, missing) = deploy(&app, json!({ "source": url, "ref": "no-such-branch" })).await;
+    assert_eq!(missing["failure"]["cause"], "source_unavailable");
+    assert!(missing["failure"]["message"].as_str().is_some_and(|m| m.contains("no-such-branch")), "{missing}");
+}
+
+#[tokio::test]
+async fn abort_stops_analysis_within_two_seconds() {
+    let app = crate::support::spawn_app_with_hosts(&["127.0.0.1"]).await;
+    // Every git request waits 20 s: the fetch is in flight when the abort comes.
+    let served = devgem_e2e::served_repo(None, Duration::from_secs(20)).await;
+    let url = format!("http://127.0.0.1:{}/app.git", served.addr.port());
+    let (_, created) = api(&app, "POST", "/api/deployments", Some(json!({ "source": url, "name": "slow" }))).await;
+    let id = created["deployment_id"].as_str().expect("id").to_owned();
+    wait_for(&app, &id, "analyzing", |d| d["state"] == "analyzing").await;
+    let (ended, took) = abort(&app, &id).await;
+    assert_eq!(ended["state"], "aborted", "{ended}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let (status, _) = api(&app, "POST", &format!("/api/deployments/{id}/abort"), None).await;
+    assert_eq!(status, 409, "an ended deployment cannot be aborted again");
+}
+
+#[tokio::test]
+async fn abort_kills_a_running_build() {
+    let app = spawn_app().await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "FROM debian:bookworm-slim\nRUN echo building; sleep 319\nCMD [\"true\"]\n",
+    )
+    .expect("write");
+    let (_, created) =
+        api(&app, "POST", "/api/deployments", Some(json!({ "source": repo.path(), "name": "slowbuild" }))).await;
+    let id = created["deployment_id"].as_str().expect("id").to_owned();
+    wait_for(&app, &id, "building", |d| d["build_id"].is_string()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while survivors("sleep 319").is_empty() {
+        assert!(Instant::now() < deadline, "the build step never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ended, took) = abort(&app, &id).await;
+    assert_eq!(ended["state"], "aborted", "{ended}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(survivors("sleep 319"), "", "the build step's processes are gone");
+}
+
+#[tokio::test]
+async fn abort_during_start_keeps_the_previous_revision_serving() {
+    let app = spawn_app().await;
+    let repo = copy_fixture("static-site");
+    let (_, first) = deploy(&app, json!({ "source": repo.path(), "name": "steady" })).await;
+    assert_eq!(first["state"], "live", "{first}");
+    let slow = tempfile::tempdir().expect("tempdir");
+    std::fs::write(slow.path().join("index.html"), "slow").expect("write");
+    std::fs::write(
+        slow.path().join("Dockerfile"),
+        "FROM debian:bookworm-slim\nCOPY index.html /srv/\nWORKDIR /srv\nCMD [\"sh\", \"-c\", \"sleep 318; exec python3 -m http.server $PORT\"]\n",
+    )
+    .expect("write");
+    let (_, created) =
+        api(&app, "POST", "/api/deployments", Some(json!({ "source": slow.path(), "name": "steady" }))).await;
+    let id = created["deployment_id"].as_str().expect("id").to_owned();
+    wait_for(&app, &id, "deploying", |d| d["state"] == "deploying").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while survivors("sleep 318").is_empty() {
+        assert!(Instant::now() < deadline, "the revision never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ended, took) = abort(&app, &id).await;
+    assert_eq!(ended["state"], "aborted", "{ended}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(survivors("sleep 318"), "", "the starting revision's processes are gone");
+    let (status, body) = get_service(&app, "steady").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("devgem-fixture:static-site"), "the previous revision serves: {body}");
+}

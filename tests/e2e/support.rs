@@ -125,8 +125,17 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_hosts(&[]).await
+}
+
+/// The router set, with git served from `allow_hosts` exempt from the address guard.
+pub async fn spawn_app_with_hosts(allow_hosts: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
-    let embedded = Embedded::open(dir.path(), true).expect("open embedded adapters");
+    let policy = devgem_infra::source::SourcePolicy {
+        allow_local_paths: true,
+        allow_hosts: allow_hosts.iter().map(|h| (*h).to_owned()).collect(),
+    };
+    let embedded = Embedded::open_with_policy(dir.path(), policy).expect("open embedded adapters");
     let admin = embedded.identity.ensure_admin(None).await.expect("admin").expect("new admin");
     let app = App::build(embedded.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -13,8 +13,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
+use devgem_common::cancel::Cancels;
 use devgem_common::envelope::PushRequest;
-use devgem_common::events::DeploymentRequested;
+use devgem_common::events::{ControlEvent, DeploymentRequested};
 use devgem_common::function::health_router;
 use devgem_common::handler::handle_push;
 use devgem_common::ports::Ports;
@@ -33,15 +34,20 @@ pub struct AppState {
     pub source_limits: SourceLimits,
     /// Where snapshots are fetched for analysis (removed after it).
     pub work_dir: PathBuf,
+    /// Analyses running in this process, for aborts.
+    pub cancels: Cancels,
 }
 
 /// The path the `deployments` subscription pushes to.
 pub const PUSH_DEPLOYMENTS: &str = "/push/deployments";
+/// The path the function's `control` subscription pushes to.
+pub const PUSH_CONTROL: &str = "/push/control";
 
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(PUSH_DEPLOYMENTS, post(push_deployment))
+        .route(PUSH_CONTROL, post(push_control))
         .with_state(state.clone())
         .merge(health_router(NAME, state.ports.store.clone()))
 }
@@ -50,6 +56,14 @@ async fn push_deployment(State(state): State<AppState>, request: PushRequest) ->
     let store = state.ports.store.clone();
     handle_push::<DeploymentRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
         pipeline::on_requested(&state, envelope.payload).await
+    })
+    .await
+}
+
+async fn push_control(State(state): State<AppState>, request: PushRequest) -> Response {
+    let store = state.ports.store.clone();
+    handle_push::<ControlEvent, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
+        pipeline::on_control(&state, envelope.payload).await
     })
     .await
 }

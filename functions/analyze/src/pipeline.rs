@@ -44,7 +44,43 @@ pub async fn on_requested(state: &AppState, event: DeploymentRequested) -> Resul
         DeploymentState::Building => return request_build(state, &deployment).await,
         _ => return Ok(()),
     }
-    analyze(state, &mut deployment, version).await
+    let key = deployment.id.to_string();
+    let work = analyze(state, &mut deployment, version);
+    match state.cancels.run(&key, work).await {
+        Ok(outcome) => outcome,
+        // Aborted mid-stage: the fetch or analysis was dropped; record the abort.
+        Err(_) => abort_now(state, &event.deployment_id).await,
+    }
+}
+
+/// Records an abort on the deployment as it is now.
+async fn abort_now(state: &AppState, id: &devgem_common::ids::DeploymentId) -> Result<(), HandlerError> {
+    let store = state.ports.store.as_ref();
+    for _ in 0..5 {
+        let Some((mut deployment, version)) = timeline::load(store, id).await? else { return Ok(()) };
+        match timeline::abort(store, &mut deployment, version, state.ports.clock.now()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(HandlerError::Transient("the deployment kept changing while it was being aborted".into()))
+}
+
+/// `dev.devgem.deployment.abort.v1` on `control`: stops the analysis running here, or ends a
+/// deployment that has not left analysis.
+pub async fn on_control(state: &AppState, event: devgem_common::events::ControlEvent) -> Result<(), HandlerError> {
+    let devgem_common::events::ControlEvent::Abort(abort) = event else { return Ok(()) };
+    if state.cancels.cancel(abort.deployment_id.as_str()) {
+        return Ok(());
+    }
+    let Some((deployment, _)) = timeline::load(state.ports.store.as_ref(), &abort.deployment_id).await? else {
+        return Ok(());
+    };
+    if matches!(deployment.state, DeploymentState::Requested | DeploymentState::Analyzing) {
+        abort_now(state, &abort.deployment_id).await?;
+    }
+    Ok(())
 }
 
 fn internal(e: impl std::fmt::Display) -> HandlerError {

@@ -250,3 +250,50 @@ pub async fn create_deployment(
     })?;
     Ok((StatusCode::CREATED, Json(DeploymentCreated { deployment_id: deployment.id, session_id, service })))
 }
+
+/// `POST /api/deployments/{id}/abort`: asks every stage to stop the deployment.
+pub async fn abort_deployment(
+    State(state): State<AppState>,
+    caller: Caller,
+    correlation: Option<axum::Extension<devgem_common::ids::CorrelationId>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    use devgem_common::events::{DeploymentAbort, EventContext};
+    use devgem_common::ports::bus::BusExt;
+    let id = parse(DeploymentId::parse(&id))?;
+    let key = DocKey::new("deployments", id.as_str())?;
+    let not_found = || ApiError::not_found(format!("deployment {id} not found; list yours with GET /api/deployments"));
+    // Read within the caller's scope first: another user's deployment does not exist for them.
+    let Some((current, _)) = state.ports.store.get_typed::<Deployment>(&caller.scope(), &key).await? else {
+        return Err(not_found());
+    };
+    if current.state.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_ended",
+            format!("deployment {id} is already {}; there is nothing to stop", current.state.as_str()),
+        ));
+    }
+    let (deployment, _) = state
+        .ports
+        .store
+        .modify::<Deployment, _>(&key, 10, |d| {
+            d.abort_requested = true;
+            Ok(())
+        })
+        .await?;
+    let event = DeploymentAbort {
+        deployment_id: id.clone(),
+        owner: deployment.owner.clone(),
+        session_id: deployment.session_id.clone(),
+        requested_by: caller.user_id.clone(),
+        reason: None,
+    };
+    let correlation_id = correlation.map(|c| c.0).unwrap_or_else(|| deployment.correlation_id.clone());
+    let ctx = EventContext::new(crate::NAME, correlation_id);
+    state.ports.bus.publish_event(&event, &ctx, state.ports.clock.now()).await.map_err(|e| {
+        tracing::error!(error = %e, "the abort was not published");
+        ApiError::unavailable("the abort is recorded but could not be sent; try again")
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(deployment)))
+}

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/{id}/tokens", post(handler::issue_token))
         .route("/api/deployments", get(handler::list_deployments).post(handler::create_deployment))
         .route("/api/deployments/{id}", get(handler::get_deployment))
+        .route("/api/deployments/{id}/abort", post(handler::abort_deployment))
         .route("/api/sessions/{id}/events", get(handler::session_events))
         .layer(from_fn_with_state(state.identity.clone(), require_bearer))
         .layer(DefaultBodyLimit::max(MAX_BODY))

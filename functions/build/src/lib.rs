@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use devgem_common::envelope::PushRequest;
-use devgem_common::events::BuildRequested;
 use devgem_common::events::cloud_build::CloudBuildNotification;
+use devgem_common::events::{BuildRequested, ControlEvent};
 use devgem_common::function::health_router;
 use devgem_common::handler::handle_push;
 use devgem_common::ports::Ports;
@@ -28,6 +28,8 @@ pub const NAME: &str = "build";
 pub const PUSH_BUILDS: &str = "/push/builds";
 /// The path the `cloud-builds` subscription pushes to.
 pub const PUSH_CLOUD_BUILDS: &str = "/push/cloud-builds";
+/// The path the function's `control` subscription pushes to.
+pub const PUSH_CONTROL: &str = "/push/control";
 
 /// Everything the function needs, built once by `devgem serve` or `devgem up`.
 #[derive(Debug, Clone)]
@@ -41,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(PUSH_BUILDS, post(push_build))
         .route(PUSH_CLOUD_BUILDS, post(push_cloud_build))
+        .route(PUSH_CONTROL, post(push_control))
         .with_state(state.clone())
         .merge(health_router(NAME, state.ports.store.clone()))
 }
@@ -61,5 +64,13 @@ async fn push_cloud_build(State(state): State<AppState>, request: PushRequest) -
         request,
         |envelope| async move { pipeline::on_cloud_build(&state, envelope.payload).await },
     )
+    .await
+}
+
+async fn push_control(State(state): State<AppState>, request: PushRequest) -> Response {
+    let store = state.ports.store.clone();
+    handle_push::<ControlEvent, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
+        pipeline::on_control(&state, envelope.payload).await
+    })
     .await
 }

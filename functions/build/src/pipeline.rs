@@ -6,7 +6,7 @@ use devgem_common::events::cloud_build::{BuildStatus, CloudBuildNotification};
 use devgem_common::events::{EventContext, ReleaseRequested};
 use devgem_common::handler::HandlerError;
 use devgem_common::ids::DeploymentId;
-use devgem_common::ledger::{LedgerError, Once, run_once};
+use devgem_common::ledger::{LedgerError, Once, recorded, run_once};
 use devgem_common::model::deployment::{Deployment, DeploymentState, FailureCause, Stage, StageStatus};
 use devgem_common::ports::blobs::BlobsExt;
 use devgem_common::ports::builder::{BuildRequest, BuilderError, log_blob_key};
@@ -20,6 +20,11 @@ use std::time::Duration;
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How many lines of a failed build's log the failure keeps.
 const LOG_TAIL: usize = 20;
+
+/// The ledger key of a deployment's build submission.
+fn submit_key(id: &DeploymentId) -> String {
+    format!("build-{id}")
+}
 
 fn internal(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Internal(e.to_string())
@@ -38,6 +43,10 @@ pub async fn on_build_requested(
         return Ok(());
     }
     if deployment.abort_requested {
+        // A build submitted just before the abort arrived (its id not saved yet) is stopped too.
+        if let Some(build_id) = recorded::<String>(store, &submit_key(&deployment.id)).await? {
+            let _ = state.builder.cancel(&build_id).await;
+        }
         timeline::abort(store, &mut deployment, version, now()).await?;
         return Ok(());
     }
@@ -66,7 +75,7 @@ pub async fn on_build_requested(
         timeout: BUILD_TIMEOUT,
     };
     let builder = state.builder.clone();
-    let key = format!("build-{}", deployment.id);
+    let key = submit_key(&deployment.id);
     let submitted = run_once(store, state.ports.clock.as_ref(), &key, chrono::Duration::minutes(5), || async move {
         builder.submit(request).await.map(|handle| handle.build_id)
     })
@@ -116,6 +125,10 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
             if deployment.raise_progress(50, now()).map_err(internal)? {
                 timeline::save(store, &deployment, version, Vec::new()).await?;
             }
+            Ok(())
+        }
+        BuildStatus::Success if deployment.abort_requested => {
+            timeline::abort(store, &mut deployment, version, now()).await?;
             Ok(())
         }
         BuildStatus::Success => {
@@ -183,5 +196,28 @@ async fn request_release(state: &AppState, deployment: &Deployment) -> Result<()
         .publish_event(&release, &ctx, state.ports.clock.now())
         .await
         .map_err(|e| HandlerError::Transient(format!("publishing the release request: {e}")))?;
+    Ok(())
+}
+
+/// `dev.devgem.deployment.abort.v1` on `control`: cancels the deployment's build (its
+/// `CANCELLED` notification then ends the deployment as aborted), or ends a deployment whose
+/// build has not been submitted.
+pub async fn on_control(state: &AppState, event: devgem_common::events::ControlEvent) -> Result<(), HandlerError> {
+    let devgem_common::events::ControlEvent::Abort(abort) = event else { return Ok(()) };
+    let store = state.ports.store.as_ref();
+    let Some((mut deployment, version)) = timeline::load(store, &abort.deployment_id).await? else { return Ok(()) };
+    if deployment.state != DeploymentState::Building {
+        return Ok(());
+    }
+    let build_id = match deployment.build_id.clone() {
+        Some(id) => Some(id),
+        None => recorded::<String>(store, &submit_key(&deployment.id)).await?,
+    };
+    if let Some(build_id) = build_id
+        && state.builder.cancel(&build_id).await.is_ok()
+    {
+        return Ok(());
+    }
+    timeline::abort(store, &mut deployment, version, state.ports.clock.now()).await?;
     Ok(())
 }

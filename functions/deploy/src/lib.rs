@@ -10,8 +10,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
+use devgem_common::cancel::Cancels;
 use devgem_common::envelope::PushRequest;
-use devgem_common::events::ReleaseRequested;
+use devgem_common::events::{ControlEvent, ReleaseRequested};
 use devgem_common::function::health_router;
 use devgem_common::handler::handle_push;
 use devgem_common::ports::Ports;
@@ -23,18 +24,23 @@ pub const NAME: &str = "deploy";
 
 /// The path the `releases` subscription pushes to.
 pub const PUSH_RELEASES: &str = "/push/releases";
+/// The path the function's `control` subscription pushes to.
+pub const PUSH_CONTROL: &str = "/push/control";
 
 /// Everything the function needs, built once by `devgem serve` or `devgem up`.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ports: Ports,
     pub runtime: Arc<dyn Runtime>,
+    /// Releases running in this process, for aborts.
+    pub cancels: Cancels,
 }
 
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(PUSH_RELEASES, post(push_release))
+        .route(PUSH_CONTROL, post(push_control))
         .with_state(state.clone())
         .merge(health_router(NAME, state.ports.store.clone()))
 }
@@ -43,6 +49,14 @@ async fn push_release(State(state): State<AppState>, request: PushRequest) -> Re
     let store = state.ports.store.clone();
     handle_push::<ReleaseRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
         pipeline::on_release(&state, envelope.payload).await
+    })
+    .await
+}
+
+async fn push_control(State(state): State<AppState>, request: PushRequest) -> Response {
+    let store = state.ports.store.clone();
+    handle_push::<ControlEvent, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
+        pipeline::on_control(&state, envelope.payload).await
     })
     .await
 }

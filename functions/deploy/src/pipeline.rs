@@ -6,7 +6,7 @@ use crate::AppState;
 use devgem_common::events::ReleaseRequested;
 use devgem_common::handler::HandlerError;
 use devgem_common::ids::EnvVarName;
-use devgem_common::ledger::{LedgerError, Once, run_once};
+use devgem_common::ledger::{LedgerError, Once, recorded, run_once};
 use devgem_common::model::deployment::{DeploymentState, FailureCause, Stage, StageStatus};
 use devgem_common::model::service::{Revision, Service};
 use devgem_common::ports::runtime::{EnvValue, RevisionSpec, RuntimeError};
@@ -32,7 +32,7 @@ const LOG_TAIL: usize = 20;
 pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(), HandlerError> {
     let store = state.ports.store.as_ref();
     let now = || state.ports.clock.now();
-    let Some((mut deployment, mut version)) = timeline::load(store, &event.deployment_id).await? else {
+    let Some((mut deployment, version)) = timeline::load(store, &event.deployment_id).await? else {
         return Err(HandlerError::Poison(format!("deployment {} does not exist", event.deployment_id)));
     };
     if deployment.state.is_terminal() {
@@ -60,8 +60,64 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
         env,
         port: plan.port,
     };
+    let key = deployment.id.to_string();
+    match state.cancels.run(&key, release(state, &mut deployment, version, spec, &event)).await {
+        Ok(outcome) => outcome,
+        // Aborted while the revision started or was checked: it never takes traffic.
+        Err(_) => abort_now(state, &event.deployment_id).await,
+    }
+}
+
+/// Ends the deployment as aborted and removes the revision it created, if any; the revision
+/// that served before keeps serving.
+async fn abort_now(state: &AppState, id: &devgem_common::ids::DeploymentId) -> Result<(), HandlerError> {
+    let store = state.ports.store.as_ref();
+    for _ in 0..5 {
+        let Some((mut deployment, version)) = timeline::load(store, id).await? else { return Ok(()) };
+        if let Some(created) = recorded::<Created>(store, &revision_key(id)).await? {
+            let _ = state.runtime.delete_revision(&deployment.owner, &deployment.service, &created.name).await;
+        }
+        match timeline::abort(store, &mut deployment, version, state.ports.clock.now()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(HandlerError::Transient("the deployment kept changing while it was being aborted".into()))
+}
+
+/// `dev.devgem.deployment.abort.v1` on `control`: stops the release running here, or ends a
+/// deployment that is deploying elsewhere (the revision it made is removed).
+pub async fn on_control(state: &AppState, event: devgem_common::events::ControlEvent) -> Result<(), HandlerError> {
+    let devgem_common::events::ControlEvent::Abort(abort) = event else { return Ok(()) };
+    if state.cancels.cancel(abort.deployment_id.as_str()) {
+        return Ok(());
+    }
+    let Some((deployment, _)) = timeline::load(state.ports.store.as_ref(), &abort.deployment_id).await? else {
+        return Ok(());
+    };
+    if matches!(deployment.state, DeploymentState::Deploying | DeploymentState::Verifying) {
+        abort_now(state, &abort.deployment_id).await?;
+    }
+    Ok(())
+}
+
+fn revision_key(id: &devgem_common::ids::DeploymentId) -> String {
+    format!("revision-{id}")
+}
+
+/// Creates (once), verifies and routes the revision; ends the deployment live or failed.
+async fn release(
+    state: &AppState,
+    deployment: &mut devgem_common::model::deployment::Deployment,
+    mut version: u64,
+    spec: RevisionSpec,
+    event: &ReleaseRequested,
+) -> Result<(), HandlerError> {
+    let store = state.ports.store.as_ref();
+    let now = || state.ports.clock.now();
     let runtime = state.runtime.clone();
-    let key = format!("revision-{}", deployment.id);
+    let key = revision_key(&deployment.id);
     let created = run_once(store, state.ports.clock.as_ref(), &key, chrono::Duration::minutes(5), || async move {
         runtime.create_revision(spec).await.map(|info| Created { name: info.name, url: info.url })
     })
@@ -78,12 +134,12 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
                 format!("the new revision did not start: {why}. The previous revision, if any, keeps serving"),
             );
             fail.log_tail = start_log(state, &deployment.owner, &deployment.service).await;
-            timeline::fail(store, &mut deployment, version, fail, now()).await?;
+            timeline::fail(store, deployment, version, fail, now()).await?;
             return Ok(());
         }
         Err(LedgerError::Effect(RuntimeError::Refused(why))) => {
             let fail = failure(FailureCause::StartFailed, Stage::Deploy, format!("the revision was refused: {why}"));
-            timeline::fail(store, &mut deployment, version, fail, now()).await?;
+            timeline::fail(store, deployment, version, fail, now()).await?;
             return Ok(());
         }
         Err(LedgerError::Effect(e)) => return Err(HandlerError::Transient(e.to_string())),
@@ -95,9 +151,9 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
         let text = format!("Revision {} started; checking that it answers", created.name);
         version = timeline::save(
             store,
-            &deployment,
+            deployment,
             version,
-            vec![update(&deployment, Stage::Deploy, StageStatus::Running, text)],
+            vec![update(deployment, Stage::Deploy, StageStatus::Running, text)],
         )
         .await?;
     }
@@ -105,14 +161,8 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
         let message =
             format!("the new revision does not answer HTTP: {e}. The previous revision, if any, keeps serving");
         let _ = state.runtime.delete_revision(&deployment.owner, &deployment.service, &created.name).await;
-        timeline::fail(
-            store,
-            &mut deployment,
-            version,
-            failure(FailureCause::VerifyFailed, Stage::Deploy, message),
-            now(),
-        )
-        .await?;
+        timeline::fail(store, deployment, version, failure(FailureCause::VerifyFailed, Stage::Deploy, message), now())
+            .await?;
         return Ok(());
     }
     state
@@ -121,12 +171,12 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
         .await
         .map_err(|e| HandlerError::Transient(format!("moving traffic: {e}")))?;
     let url = state.runtime.service_url(&deployment.owner, &deployment.service).await.unwrap_or(created.url.clone());
-    record_service(state, &deployment, &created.name, &event.image, &url).await?;
+    record_service(state, deployment, &created.name, &event.image, &url).await?;
     deployment.url = Some(url.clone());
     deployment.set_stage(Stage::Deploy, StageStatus::Done, None, now());
     deployment.advance(DeploymentState::Live, now()).map_err(internal)?;
-    let events = vec![update(&deployment, Stage::Deploy, StageStatus::Done, format!("Live at {url}"))];
-    timeline::save(store, &deployment, version, events).await?;
+    let events = vec![update(deployment, Stage::Deploy, StageStatus::Done, format!("Live at {url}"))];
+    timeline::save(store, deployment, version, events).await?;
     Ok(())
 }
 

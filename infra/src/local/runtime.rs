@@ -53,8 +53,27 @@ struct RevisionRecord {
 /// A revision's process, while it runs.
 #[derive(Debug)]
 struct Running {
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
     port: u16,
+}
+
+/// Stops a revision that is still starting when the caller stops waiting for it (an abort drops
+/// the deploy handler's future): the process and, for a new revision, its directory go away.
+struct StartGuard {
+    stop: Arc<watch::Sender<bool>>,
+    dir: Option<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stop.send_replace(true);
+            if let Some(dir) = &self.dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -177,24 +196,30 @@ impl LocalRuntime {
             return Ok(running.port);
         }
         let record = self.load(name)?;
-        self.start(&record).await
+        self.start(&record, None).await
     }
 
-    async fn start(&self, record: &RevisionRecord) -> Result<u16, RuntimeError> {
+    /// Starts `record`'s process and waits for its startup probe. `new_dir`: the revision's
+    /// directory, removed if the caller stops waiting (a revision being created).
+    async fn start(&self, record: &RevisionRecord, new_dir: Option<PathBuf>) -> Result<u16, RuntimeError> {
         let image = LocalImage::load(&self.inner.executor.build_dir(&record.build_id))
             .map_err(|_| RuntimeError::NotFound(format!("the image of build {}", record.build_id)))?;
         let (stop, stopped) = watch::channel(false);
+        let stop = Arc::new(stop);
         let logs = {
             let mut state = self.inner.state.lock().await;
             if let Some(running) = state.running.get(&record.name) {
                 return Ok(running.port);
             }
-            state.running.insert(record.name.clone(), Running { stop, port: record.port });
+            state.running.insert(record.name.clone(), Running { stop: stop.clone(), port: record.port });
             state.logs.entry(record.name.clone()).or_default().clone()
         };
+        let mut guard = StartGuard { stop, dir: new_dir, armed: true };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(supervise(self.clone(), record.clone(), image, logs, stopped, ready_tx));
-        match ready_rx.await {
+        let ready = ready_rx.await;
+        guard.armed = false;
+        match ready {
             Ok(Ok(())) => Ok(record.port),
             Ok(Err(e)) => {
                 self.inner.state.lock().await.running.remove(&record.name);
@@ -449,7 +474,7 @@ impl Runtime for LocalRuntime {
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let json = serde_json::to_vec_pretty(&record).map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
         std::fs::write(dir.join("revision.json"), json).map_err(|e| io_error(&dir, e))?;
-        if let Err(e) = self.start(&record).await {
+        if let Err(e) = self.start(&record, Some(dir.clone())).await {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }

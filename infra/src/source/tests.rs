@@ -1,10 +1,7 @@
-//! The source adapter against a real git smart-HTTP server on loopback (`git http-backend` behind
-//! a small CGI bridge), local directories, and the address guard.
+//! The source adapter on local directories and the address guard. Fetching from a real git
+//! server (`git http-backend` on loopback) is tested end to end in `tests/e2e/source.rs`.
 
 use super::*;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -16,101 +13,6 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .expect("git runs");
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Serves the bare repositories under `root` over git's smart HTTP protocol.
-async fn serve_git(root: PathBuf) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-        let root = root.clone();
-        async move { cgi(&root, method, uri, headers, body).await }
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
-async fn cgi(
-    root: &Path,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, HeaderMap, Vec<u8>) {
-    use tokio::io::AsyncWriteExt;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let mut child = tokio::process::Command::new("git")
-        .arg("http-backend")
-        .env("GIT_PROJECT_ROOT", root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("REQUEST_METHOD", method.as_str())
-        .env("PATH_INFO", uri.path())
-        .env("QUERY_STRING", uri.query().unwrap_or(""))
-        .env("CONTENT_TYPE", header("content-type"))
-        .env("GIT_PROTOCOL", header("git-protocol"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("git http-backend");
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(&body).await;
-    }
-    let out = child.wait_with_output().await.expect("output");
-    let split = out
-        .stdout
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4))
-        .or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
-    let Some((end, sep)) = split else { return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new(), out.stdout) };
-    let mut status = StatusCode::OK;
-    let mut response_headers = HeaderMap::new();
-    for line in String::from_utf8_lossy(&out.stdout[..end]).lines() {
-        let Some((name, value)) = line.split_once(':') else { continue };
-        if name.eq_ignore_ascii_case("status") {
-            let code = value.trim().split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(500);
-            status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        } else if let (Ok(n), Ok(v)) =
-            (axum::http::HeaderName::try_from(name.trim()), axum::http::HeaderValue::try_from(value.trim()))
-        {
-            response_headers.insert(n, v);
-        }
-    }
-    (status, response_headers, out.stdout[end + sep..].to_vec())
-}
-
-struct Served {
-    _dir: tempfile::TempDir,
-    addr: SocketAddr,
-    first_commit: String,
-}
-
-/// A repository `app.git` with two commits on `main`, a tag `v1` on the first, a branch `next`.
-async fn served_repo() -> Served {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git(&work, &["init", "--quiet"]);
-    std::fs::write(work.join("app.py"), "version = 1\n").expect("write");
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "--quiet", "-m", "one"]);
-    let first_commit = git(&work, &["rev-parse", "HEAD"]);
-    git(&work, &["tag", "v1"]);
-    git(&work, &["checkout", "--quiet", "-b", "next"]);
-    std::fs::write(work.join("app.py"), "version = 3\n").expect("write");
-    git(&work, &["commit", "--quiet", "-am", "three"]);
-    git(&work, &["checkout", "--quiet", "main"]);
-    std::fs::write(work.join("app.py"), "version = 2\n").expect("write");
-    git(&work, &["commit", "--quiet", "-am", "two"]);
-    let root = dir.path().join("srv");
-    std::fs::create_dir_all(&root).expect("mkdir");
-    git(dir.path(), &["clone", "--quiet", "--bare", "work", "srv/app.git"]);
-    let addr = serve_git(root).await;
-    Served { _dir: dir, addr, first_commit }
-}
-
-fn loopback_allowed() -> GitSource {
-    GitSource::new(SourcePolicy { allow_local_paths: false, allow_hosts: vec!["127.0.0.1".into()] })
 }
 
 fn limits() -> SourceLimits {
@@ -180,30 +82,6 @@ async fn internal_addresses_are_refused_with_the_reason() {
             other => panic!("{url} must be refused, got {other:?}"),
         }
     }
-}
-
-#[tokio::test]
-async fn fetches_the_default_branch_a_branch_a_tag_and_a_commit() {
-    let served = served_repo().await;
-    let source = loopback_allowed();
-    let url = format!("http://127.0.0.1:{}/app.git", served.addr.port());
-    for (git_ref, version) in
-        [(None, "2"), (Some("next"), "3"), (Some("v1"), "1"), (Some(served.first_commit.as_str()), "1")]
-    {
-        let (dest, result) = fetch(&source, url.clone(), git_ref).await;
-        let snapshot = result.unwrap_or_else(|e| panic!("{git_ref:?}: {e}"));
-        let text = std::fs::read_to_string(dest.path().join("src/app.py")).expect("checked out");
-        assert_eq!(text, format!("version = {version}\n"), "{git_ref:?}");
-        assert!(!dest.path().join("src/.git").exists(), "the snapshot has no .git");
-        assert_eq!(snapshot.commit.as_deref().map(str::len), Some(40));
-        assert!(snapshot.bytes > 0);
-    }
-    let (_d, missing) = fetch(&source, url.clone(), Some("no-such-branch")).await;
-    assert!(matches!(missing, Err(SourceError::NotFound(ref m)) if m.contains("no-such-branch")), "{missing:?}");
-    let (_d, no_repo) = fetch(&source, format!("http://127.0.0.1:{}/other.git", served.addr.port()), None).await;
-    assert!(matches!(no_repo, Err(SourceError::NotFound(_))), "{no_repo:?}");
-    let (_d, option) = fetch(&source, url, Some("--upload-pack=touch /tmp/x")).await;
-    assert!(matches!(option, Err(SourceError::Refused(_))), "{option:?}");
 }
 
 #[tokio::test]
