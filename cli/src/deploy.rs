@@ -233,20 +233,6 @@ fn hint(cause: &str) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_env_file;
-
-    #[test]
-    fn env_files_read_like_dotenv() {
-        let env = parse_env_file("# comment\nA=1\nexport B=\"two words\"\n\nC='x=y'\n").expect("parses");
-        assert_eq!(env.get("A").map(String::as_str), Some("1"));
-        assert_eq!(env.get("B").map(String::as_str), Some("two words"));
-        assert_eq!(env.get("C").map(String::as_str), Some("x=y"));
-        assert!(parse_env_file("NOEQUALS\n").is_err());
-    }
-}
-
 /// `devgem abort <deployment>`: asks the running server to stop a deployment, then waits (up to
 /// 10 s) until it has ended.
 pub async fn abort(data_dir: &Path, id: &str, server: Option<String>) -> anyhow::Result<()> {
@@ -269,5 +255,19 @@ pub async fn abort(data_dir: &Path, id: &str, server: Option<String>) -> anyhow:
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_env_file;
+
+    #[test]
+    fn env_files_read_like_dotenv() {
+        let env = parse_env_file("# comment\nA=1\nexport B=\"two words\"\n\nC='x=y'\n").expect("parses");
+        assert_eq!(env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(env.get("B").map(String::as_str), Some("two words"));
+        assert_eq!(env.get("C").map(String::as_str), Some("x=y"));
+        assert!(parse_env_file("NOEQUALS\n").is_err());
     }
 }
