@@ -258,6 +258,36 @@ pub async fn abort(data_dir: &Path, id: &str, server: Option<String>) -> anyhow:
     }
 }
 
+/// `devgem rollback <service> [--to revision]`: moves traffic back once the target answers, and
+/// waits (up to 90 s) until it serves.
+pub async fn rollback(
+    data_dir: &Path,
+    service: &str,
+    to: Option<String>,
+    server: Option<String>,
+) -> anyhow::Result<()> {
+    let Some(url) = server.or_else(|| running_server(data_dir).map(|s| s.url)) else {
+        bail!("no DevGem server is running for {}; start it with 'devgem up'", data_dir.display());
+    };
+    let api = Api::new(&url, admin_token(data_dir)?);
+    let body = json!({ "to": to });
+    let accepted = api.call(reqwest::Method::POST, &format!("/api/services/{service}/rollback"), Some(&body)).await?;
+    let target = accepted["to"].as_str().unwrap_or_default().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let current = api.call(reqwest::Method::GET, &format!("/api/services/{service}"), None).await?;
+        if current["traffic"]["serving"] == target.as_str() {
+            eprintln!("{service} now serves {target}.");
+            println!("{}", current["url"].as_str().unwrap_or(""));
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{service} does not serve {target} yet; the target may not answer (see the session's messages)");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_env_file;

@@ -102,6 +102,15 @@ pub enum Command {
         #[arg(long, env = "DEVGEM_SERVER")]
         server: Option<String>,
     },
+    /// Move a service's traffic back to its previous revision (or --to a named one).
+    Rollback {
+        service: String,
+        /// The revision to serve (default: the one that served before).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, env = "DEVGEM_SERVER")]
+        server: Option<String>,
+    },
     /// Build a repository with the local builder and print the start command it produced.
     Build {
         /// The repository's directory.
@@ -139,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dockerfile { target, write } => dockerfile::run(&target, write).await,
         Command::Build { target } => build::run(&target, &cli.data_dir).await,
         Command::Abort { deployment, server } => deploy::abort(&cli.data_dir, &deployment, server).await,
+        Command::Rollback { service, to, server } => deploy::rollback(&cli.data_dir, &service, to, server).await,
         Command::Deploy { target, name, git_ref, env, env_file, allow_risky, server } => {
             let args = deploy::DeployArgs { target, name, git_ref, env, env_file, allow_risky, server };
             deploy::run(&cli.data_dir, args).await

@@ -341,3 +341,61 @@ async fn abort_during_start_keeps_the_previous_revision_serving() {
     assert_eq!(status, 200);
     assert!(body.contains("devgem-fixture:static-site"), "the previous revision serves: {body}");
 }
+
+#[tokio::test]
+async fn rollback_moves_traffic_to_the_previous_revision() {
+    use crate::support::{DevgemProcess, devgem_bin};
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut up = DevgemProcess::start(data.path(), &["up", "--port", "0"], &[]);
+    let info = up.wait_ready().await;
+    let port = info.url.rsplit(':').next().expect("port").to_owned();
+    let repo = copy_fixture("static-site");
+    let devgem = |args: &[&str]| {
+        std::process::Command::new(devgem_bin())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .env_remove("DEVGEM_SERVER")
+            .env_remove("DEVGEM_TOKEN")
+            .output()
+            .expect("run devgem")
+    };
+    let target = repo.path().display().to_string();
+    let out = devgem(&["rollback", "site"]);
+    assert!(!out.status.success(), "nothing to roll back yet");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("service site not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(devgem(&["deploy", &target, "--name", "site"]).status.success());
+    std::fs::write(repo.path().join("index.html"), "<h1>second release</h1>").expect("edit");
+    assert!(devgem(&["deploy", &target, "--name", "site"]).status.success());
+    let get = || async {
+        reqwest::Client::new()
+            .get(format!("{}/", info.url))
+            .header("host", format!("site.localhost:{port}"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    };
+    assert!(get().await.contains("second release"));
+    let out = devgem(&["rollback", "site"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("http://site.localhost:{port}/"));
+    assert!(get().await.contains("devgem-fixture:static-site"), "the first release serves again");
+    let out = devgem(&["rollback", "site"]);
+    assert!(!out.status.success(), "the first revision has nothing before it");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no earlier revision"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = devgem(&["rollback", "site", "--to", "site-99999-zzz"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no revision site-99999-zzz"));
+    up.signal("TERM");
+    assert!(up.wait_exit(Duration::from_secs(20)).success());
+}

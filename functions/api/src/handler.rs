@@ -297,3 +297,97 @@ pub async fn abort_deployment(
     })?;
     Ok((StatusCode::ACCEPTED, Json(deployment)))
 }
+
+/// `GET /api/services`: the caller's services, with what serves each.
+pub async fn list_services(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<devgem_common::model::service::Service>>, ApiError> {
+    let query = StoreQuery::collection("services").limit(500);
+    let docs = state.ports.store.query(&caller.scope(), &query).await?;
+    let services =
+        docs.iter().map(|d| d.parse()).collect::<Result<Vec<devgem_common::model::service::Service>, _>>()?;
+    Ok(Json(services))
+}
+
+async fn caller_service(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<devgem_common::model::service::Service, ApiError> {
+    use devgem_common::model::service::Service;
+    let name = parse(devgem_common::ids::ServiceName::parse(name))?;
+    let key = DocKey::new("services", Service::doc_id(&caller.user_id, &name))?;
+    match state.ports.store.get_typed::<Service>(&caller.scope(), &key).await? {
+        Some((service, _)) => Ok(service),
+        None => Err(ApiError::not_found(format!("service {name} not found; list yours with GET /api/services"))),
+    }
+}
+
+/// `GET /api/services/{name}`: one of the caller's services.
+pub async fn get_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<devgem_common::model::service::Service>, ApiError> {
+    Ok(Json(caller_service(&state, &caller, &name).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The revision to serve; the service's rollback target when absent.
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    session_id: Option<String>,
+}
+
+/// `POST /api/services/{name}/rollback`: moves traffic back, after checking the target answers.
+pub async fn rollback_service(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Option<Json<RollbackRequest>>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    use devgem_common::events::{EventContext, ServiceRollback};
+    use devgem_common::ports::bus::BusExt;
+    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let service = caller_service(&state, &caller, &name).await?;
+    let target = match &request.to {
+        Some(to) if service.revision(to).is_none() => {
+            return Err(ApiError::bad_request(format!(
+                "{name} has no revision {to}; its revisions are {}",
+                service.revisions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Some(to) => to.clone(),
+        None => service.traffic.rollback_target.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_rollback_target",
+                format!("{name} has no earlier revision to roll back to"),
+            )
+        })?,
+    };
+    let session_id = request
+        .session_id
+        .as_deref()
+        .map(SessionId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let event = ServiceRollback {
+        service: service.name.clone(),
+        owner: caller.user_id.clone(),
+        session_id,
+        to_revision: Some(target.clone()),
+        alert_id: None,
+        requested_by: caller.user_id.clone(),
+    };
+    let ctx = EventContext::new(crate::NAME, devgem_common::ids::CorrelationId::generate());
+    state.ports.bus.publish_event(&event, &ctx, state.ports.clock.now()).await.map_err(|e| {
+        tracing::error!(error = %e, "the rollback was not published");
+        ApiError::unavailable("the rollback could not be sent; try again")
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "service": service.name, "to": target }))))
+}

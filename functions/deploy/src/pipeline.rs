@@ -89,7 +89,10 @@ async fn abort_now(state: &AppState, id: &devgem_common::ids::DeploymentId) -> R
 /// `dev.devgem.deployment.abort.v1` on `control`: stops the release running here, or ends a
 /// deployment that is deploying elsewhere (the revision it made is removed).
 pub async fn on_control(state: &AppState, event: devgem_common::events::ControlEvent) -> Result<(), HandlerError> {
-    let devgem_common::events::ControlEvent::Abort(abort) = event else { return Ok(()) };
+    let abort = match event {
+        devgem_common::events::ControlEvent::Abort(abort) => abort,
+        devgem_common::events::ControlEvent::Rollback(rollback) => return on_rollback(state, rollback).await,
+    };
     if state.cancels.cancel(abort.deployment_id.as_str()) {
         return Ok(());
     }
@@ -232,4 +235,70 @@ async fn record_service(
         }
     }
     Err(StoreError::Conflict { key: key.to_string(), reason: "too many concurrent writers".into() }.into())
+}
+
+/// `dev.devgem.service.rollback.v1`: moves the service's traffic to the requested revision (or
+/// its rollback target) once that revision answers; if it does not, traffic stays where it was.
+pub async fn on_rollback(
+    state: &AppState,
+    rollback: devgem_common::events::ServiceRollback,
+) -> Result<(), HandlerError> {
+    let store = state.ports.store.as_ref();
+    let key = DocKey::new("services", Service::doc_id(&rollback.owner, &rollback.service))?;
+    let Some((mut service, version)) = store.get_typed::<Service>(&Scope::All, &key).await? else {
+        return Err(HandlerError::Poison(format!("service {} of {} does not exist", rollback.service, rollback.owner)));
+    };
+    let previous = service.traffic.serving.clone();
+    let target = match service.rollback(rollback.to_revision.as_deref()) {
+        Ok(target) => target,
+        Err(e) => return Err(HandlerError::Poison(e.to_string())),
+    };
+    let mut message = format!("Rolled {} back to {target}", rollback.service);
+    if previous.as_deref() != Some(target.as_str()) {
+        state
+            .runtime
+            .route_traffic(&rollback.owner, &rollback.service, &target)
+            .await
+            .map_err(|e| HandlerError::Transient(format!("moving traffic to {target}: {e}")))?;
+        let url = state.runtime.service_url(&rollback.owner, &rollback.service).await.ok();
+        let answers = match &url {
+            Some(url) => state.runtime.verify(url).await,
+            None => Ok(()),
+        };
+        if let Err(e) = answers {
+            // The target does not answer: traffic goes back to what served before.
+            if let Some(previous) = &previous {
+                let _ = state.runtime.route_traffic(&rollback.owner, &rollback.service, previous).await;
+            }
+            message =
+                format!("{target} does not answer ({e}); {} keeps serving", previous.as_deref().unwrap_or("nothing"));
+            return append_message(state, &rollback, message).await;
+        }
+    }
+    match store.commit(vec![Write::Update { key, expected_version: version, data: to_data(&service)? }]).await {
+        Ok(_) => {}
+        Err(e) if e.is_conflict() => return Err(HandlerError::Transient("the service changed; trying again".into())),
+        Err(e) => return Err(e.into()),
+    }
+    append_message(state, &rollback, message).await
+}
+
+async fn append_message(
+    state: &AppState,
+    rollback: &devgem_common::events::ServiceRollback,
+    text: String,
+) -> Result<(), HandlerError> {
+    use devgem_common::ports::store::{NewEvent, SessionEventKind};
+    let Some(session) = rollback.session_id.clone() else { return Ok(()) };
+    let event = NewEvent {
+        kind: SessionEventKind::Message,
+        correlation_id: devgem_common::ids::CorrelationId::generate(),
+        data: serde_json::json!({ "text": text, "service": rollback.service }),
+    };
+    state
+        .ports
+        .store
+        .commit(vec![Write::Append { session, owner: rollback.owner.clone(), events: vec![event] }])
+        .await?;
+    Ok(())
 }

@@ -502,10 +502,15 @@ impl Runtime for LocalRuntime {
     }
 
     async fn verify(&self, url: &str) -> Result<(), RuntimeError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        // `<service>.localhost` is loopback (RFC 6761), but the system resolver may not say so.
+        if let Ok(parsed) = reqwest::Url::parse(url)
+            && let Some(host) = parsed.host_str().filter(|h| h.ends_with(".localhost"))
+        {
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            builder = builder.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        let client = builder.build().map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             match client.get(url).send().await {
