@@ -227,6 +227,10 @@ impl App {
         use devgem_common::events::Topic;
         use devgem_infra::local::SubscriptionConfig;
         self.embedded.runtime.set_public_port(port);
+        // Builds that a killed DevGem left behind are reported failed before deliveries resume.
+        for build in self.embedded.builder.recover().await {
+            tracing::warn!(%build, "a build was interrupted by a restart and reported failed");
+        }
         let subscriptions = [
             ("analyze-deployments", Topic::Deployments, devgem_analyze::NAME, devgem_analyze::PUSH_DEPLOYMENTS),
             ("build-builds", Topic::Builds, devgem_build::NAME, devgem_build::PUSH_BUILDS),

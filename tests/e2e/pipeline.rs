@@ -399,3 +399,113 @@ async fn rollback_moves_traffic_to_the_previous_revision() {
     up.signal("TERM");
     assert!(up.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// `devgem up` as a process, and the REST calls the crash tests make to it.
+struct UpProcess {
+    process: crate::support::DevgemProcess,
+    url: String,
+    token: String,
+}
+
+impl UpProcess {
+    async fn start(data: &Path) -> Self {
+        let mut process = crate::support::DevgemProcess::start(data, &["up", "--port", "0"], &[]);
+        let url = process.wait_ready().await.url;
+        let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token");
+        Self { process, url, token }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let mut request = reqwest::Client::new()
+            .request(method.parse().expect("method"), format!("{}{path}", self.url))
+            .bearer_auth(self.token.trim());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request").json().await.unwrap_or(Value::Null)
+    }
+
+    async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let deployment = self.call("GET", &format!("/api/deployments/{id}"), None).await;
+            if done(&deployment) {
+                return deployment;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {deployment}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(mut self) {
+        self.process.signal("KILL");
+        self.process.wait_exit(Duration::from_secs(10));
+    }
+}
+
+fn count_dirs(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_kill_during_the_build_ends_the_deployment_with_a_reason_after_restart() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(repo.path().join("Dockerfile"), "FROM debian:bookworm-slim\nRUN sleep 316\nCMD [\"true\"]\n")
+        .expect("write");
+    let up = UpProcess::start(data.path()).await;
+    let created = up.call("POST", "/api/deployments", Some(json!({ "source": repo.path(), "name": "crashy" }))).await;
+    let id = created["deployment_id"].as_str().expect("id").to_owned();
+    up.wait_for(&id, "building", |d| d["build_id"].is_string()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while survivors("sleep 316").is_empty() {
+        assert!(Instant::now() < deadline, "the build step never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    up.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(survivors("sleep 316"), "", "the build dies with the process that ran it");
+
+    let up = UpProcess::start(data.path()).await;
+    let ended = up.wait_for(&id, "ended", |d| matches!(d["state"].as_str(), Some("failed" | "live" | "aborted"))).await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert!(ended["failure"]["message"].as_str().is_some_and(|m| m.contains("interrupted")), "{ended}");
+    assert_eq!(count_dirs(&data.path().join("builder/builds")), 1, "exactly one build");
+    up.kill();
+}
+
+#[tokio::test]
+async fn a_kill_during_the_start_resumes_with_the_same_revision_after_restart() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(repo.path().join("index.html"), "resumed").expect("write");
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "FROM debian:bookworm-slim\nCOPY index.html /srv/\nWORKDIR /srv\nCMD [\"sh\", \"-c\", \"sleep 3; exec python3 -m http.server $PORT\"]\n",
+    )
+    .expect("write");
+    let up = UpProcess::start(data.path()).await;
+    let created = up.call("POST", "/api/deployments", Some(json!({ "source": repo.path(), "name": "resumer" }))).await;
+    let id = created["deployment_id"].as_str().expect("id").to_owned();
+    up.wait_for(&id, "deploying", |d| d["state"] == "deploying").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    up.kill();
+
+    let up = UpProcess::start(data.path()).await;
+    let ended = up.wait_for(&id, "ended", |d| matches!(d["state"].as_str(), Some("failed" | "live" | "aborted"))).await;
+    assert_eq!(ended["state"], "live", "{ended}");
+    assert_eq!(count_dirs(&data.path().join("runtime/revisions")), 1, "no duplicate revision");
+    assert_eq!(count_dirs(&data.path().join("builder/builds")), 1, "no second build");
+    let port = up.url.rsplit(':').next().expect("port").to_owned();
+    let body = reqwest::Client::new()
+        .get(format!("{}/", up.url))
+        .header("host", format!("resumer.localhost:{port}"))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body, "resumed");
+    up.kill();
+}

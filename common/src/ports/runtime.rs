@@ -24,6 +24,9 @@ pub struct RevisionSpec {
     pub env: BTreeMap<EnvVarName, EnvValue>,
     /// The port the container listens on ($PORT); 8080 on Cloud Run.
     pub port: u16,
+    /// The revision's name (`<service>-<suffix>`), which makes creating it idempotent: creating a
+    /// revision that exists returns it, started. `None` lets the runtime number it.
+    pub name: Option<String>,
 }
 
 /// A created revision.

@@ -1,5 +1,5 @@
 //! The `deploy` function: stage 7. `POST /push/releases` (`dev.devgem.release.requested.v1`)
-//! creates the revision from the built image (once per deployment, ledger `revision-{id}`),
+//! creates the revision from the built image (named after the deployment, so once per deployment),
 //! verifies that it answers, moves the service's traffic to it and records the result in
 //! `services/{owner}-{name}`. A revision that does not start or answer never takes traffic, so
 //! the previous one keeps serving.

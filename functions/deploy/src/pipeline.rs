@@ -1,22 +1,20 @@
-//! Stage 7's handler. Idempotent: the revision is created once per deployment (its name and URL
-//! are the ledger's recorded result), verifying and routing can be repeated, and a deployment
-//! that is already live or failed is left alone.
+//! Stage 7's handler. Idempotent: the revision is named after the deployment, so creating it
+//! again (a redelivery, a restart) returns the same revision; verifying and routing can be
+//! repeated, and a deployment that is already live or failed is left alone.
 
 use crate::AppState;
 use devgem_common::events::ReleaseRequested;
 use devgem_common::handler::HandlerError;
 use devgem_common::ids::EnvVarName;
-use devgem_common::ledger::{LedgerError, Once, recorded, run_once};
 use devgem_common::model::deployment::{DeploymentState, FailureCause, Stage, StageStatus};
 use devgem_common::model::service::{Revision, Service};
 use devgem_common::ports::runtime::{EnvValue, RevisionSpec, RuntimeError};
 use devgem_common::ports::store::{DocKey, Scope, StoreError, StoreExt, Write, to_data};
 use devgem_common::timeline::{self, failure, update};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// What the ledger keeps of a created revision.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A created revision.
+#[derive(Debug, Clone)]
 struct Created {
     name: String,
     url: String,
@@ -59,6 +57,7 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
         image: event.image.clone(),
         env,
         port: plan.port,
+        name: Some(revision_name(&deployment)),
     };
     let key = deployment.id.to_string();
     match state.cancels.run(&key, release(state, &mut deployment, version, spec, &event)).await {
@@ -74,9 +73,9 @@ async fn abort_now(state: &AppState, id: &devgem_common::ids::DeploymentId) -> R
     let store = state.ports.store.as_ref();
     for _ in 0..5 {
         let Some((mut deployment, version)) = timeline::load(store, id).await? else { return Ok(()) };
-        if let Some(created) = recorded::<Created>(store, &revision_key(id)).await? {
-            let _ = state.runtime.delete_revision(&deployment.owner, &deployment.service, &created.name).await;
-        }
+        // The runtime refuses to delete a revision that serves, so this never removes a live one.
+        let revision = revision_name(&deployment);
+        let _ = state.runtime.delete_revision(&deployment.owner, &deployment.service, &revision).await;
         match timeline::abort(store, &mut deployment, version, state.ports.clock.now()).await {
             Ok(_) => return Ok(()),
             Err(e) if e.is_conflict() => continue,
@@ -105,8 +104,11 @@ pub async fn on_control(state: &AppState, event: devgem_common::events::ControlE
     Ok(())
 }
 
-fn revision_key(id: &devgem_common::ids::DeploymentId) -> String {
-    format!("revision-{id}")
+/// The revision a deployment creates, named after it so creating it again (after a crash, a
+/// redelivery) returns the same revision rather than a second one.
+fn revision_name(deployment: &devgem_common::model::deployment::Deployment) -> String {
+    let id = deployment.id.as_str();
+    format!("{}-{}", deployment.service, &id[id.len().saturating_sub(10)..])
 }
 
 /// Creates (once), verifies and routes the revision; ends the deployment live or failed.
@@ -119,18 +121,9 @@ async fn release(
 ) -> Result<(), HandlerError> {
     let store = state.ports.store.as_ref();
     let now = || state.ports.clock.now();
-    let runtime = state.runtime.clone();
-    let key = revision_key(&deployment.id);
-    let created = run_once(store, state.ports.clock.as_ref(), &key, chrono::Duration::minutes(5), || async move {
-        runtime.create_revision(spec).await.map(|info| Created { name: info.name, url: info.url })
-    })
-    .await;
-    let created = match created {
-        Ok(Once::Applied(c) | Once::AlreadyDone(c)) => c,
-        Err(LedgerError::InProgress { .. }) => {
-            return Err(HandlerError::Transient("the revision is being created".into()));
-        }
-        Err(LedgerError::Effect(RuntimeError::StartFailed(why))) => {
+    let created = match state.runtime.create_revision(spec).await {
+        Ok(info) => Created { name: info.name, url: info.url },
+        Err(RuntimeError::StartFailed(why)) => {
             let mut fail = failure(
                 FailureCause::StartFailed,
                 Stage::Deploy,
@@ -140,13 +133,12 @@ async fn release(
             timeline::fail(store, deployment, version, fail, now()).await?;
             return Ok(());
         }
-        Err(LedgerError::Effect(RuntimeError::Refused(why))) => {
+        Err(RuntimeError::Refused(why)) => {
             let fail = failure(FailureCause::StartFailed, Stage::Deploy, format!("the revision was refused: {why}"));
             timeline::fail(store, deployment, version, fail, now()).await?;
             return Ok(());
         }
-        Err(LedgerError::Effect(e)) => return Err(HandlerError::Transient(e.to_string())),
-        Err(LedgerError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(HandlerError::Transient(e.to_string())),
     };
     if deployment.state == DeploymentState::Deploying {
         deployment.revision = Some(created.name.clone());

@@ -458,8 +458,36 @@ impl Runtime for LocalRuntime {
                 }
             }
         }
-        let count = std::fs::read_dir(self.inner.root.join("revisions")).map(|d| d.count()).unwrap_or(0);
-        let name = format!("{}-{:05}-{:03x}", spec.service, count + 1, fastrand::u16(..4096));
+        let name = match &spec.name {
+            Some(name) => {
+                let valid = name.starts_with(&format!("{}-", spec.service))
+                    && name.len() <= 63
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !valid {
+                    return Err(RuntimeError::Refused(format!(
+                        "revision name {name} must be {}-<lowercase letters, digits, '-'>, at most 63 characters",
+                        spec.service
+                    )));
+                }
+                // Idempotent: a revision of that name is started (if needed) and returned.
+                if let Ok(record) = self.load(name) {
+                    if record.owner != spec.owner || record.service != spec.service || record.build_id != build_id {
+                        return Err(RuntimeError::Refused(format!("revision {name} exists with another image")));
+                    }
+                    let port = self.ensure_running(name).await?;
+                    return Ok(RevisionInfo {
+                        name: name.clone(),
+                        url: format!("http://127.0.0.1:{port}/"),
+                        created_at: record.created_at,
+                    });
+                }
+                name.clone()
+            }
+            None => {
+                let count = std::fs::read_dir(self.inner.root.join("revisions")).map(|d| d.count()).unwrap_or(0);
+                format!("{}-{:05}-{:03x}", spec.service, count + 1, fastrand::u16(..4096))
+            }
+        };
         let port = if spec.port == CLOUD_RUN_PORT { free_port()? } else { spec.port };
         let record = RevisionRecord {
             name: name.clone(),

@@ -22,6 +22,17 @@ use std::sync::{Arc, Mutex};
 
 /// The log file of a build, one JSON [`LogLine`] per line.
 pub const LOG_FILE: &str = "log.jsonl";
+/// The build's Cloud Build resource as last published: a restart finds the builds it interrupted.
+const BUILD_FILE: &str = "build.json";
+
+fn save_resource(build_dir: &Path, resource: &Build) {
+    if let Ok(json) = serde_json::to_vec_pretty(resource) {
+        let tmp = build_dir.join(format!("{BUILD_FILE}.tmp"));
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(tmp, build_dir.join(BUILD_FILE));
+        }
+    }
+}
 
 /// The local Builder.
 #[derive(Debug, Clone)]
@@ -57,6 +68,36 @@ impl LocalBuilder {
 
     pub fn executor(&self) -> &Arc<Executor> {
         &self.inner.executor
+    }
+
+    /// Ends the builds a previous DevGem process left running (it was killed with them): each is
+    /// reported as `INTERNAL_ERROR` with the reason, so its deployment fails instead of waiting.
+    /// Returns their ids.
+    pub async fn recover(&self) -> Vec<String> {
+        let builds = self.inner.executor.build_dir("");
+        let Ok(entries) = std::fs::read_dir(&builds) else { return Vec::new() };
+        let mut recovered = Vec::new();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(bytes) = std::fs::read(dir.join(BUILD_FILE)) else { continue };
+            let Ok(mut resource) = serde_json::from_slice::<Build>(&bytes) else { continue };
+            if resource.status.is_final() || running(&self.inner).contains_key(&resource.id) {
+                continue;
+            }
+            resource.status = BuildStatus::InternalError;
+            let detail = "the build was interrupted: DevGem stopped while it ran; deploy again".to_owned();
+            resource.status_detail = Some(detail.clone());
+            resource.failure_info = Some(FailureInfo { kind: Some("INTERRUPTED".into()), detail: Some(detail) });
+            resource.finish_time = Some(self.inner.clock.now());
+            save_resource(&dir, &resource);
+            match publish(&self.inner, &resource).await {
+                Ok(_) => recovered.push(resource.id.clone()),
+                Err(e) => {
+                    tracing::warn!(build_id = %resource.id, error = %e, "an interrupted build could not be reported")
+                }
+            }
+        }
+        recovered
     }
 
     /// The log of a build so far (or in full, once it has ended).
@@ -113,6 +154,7 @@ impl Builder for LocalBuilder {
                 serde_json::Value::String(format!("{}s", request.timeout.as_secs())),
             )]),
         };
+        save_resource(&build_dir, &resource);
         publish(&self.inner, &resource).await.map_err(BuilderError::Unavailable)?;
 
         let log_file = Arc::new(Mutex::new(std::io::BufWriter::new(log_file)));
@@ -153,6 +195,7 @@ impl Builder for LocalBuilder {
                     serde_json::json!({ "images": [{ "name": resource.images.first(), "digest": format!("sha256:{}", outcome.image.digest) }] }),
                 );
             }
+            save_resource(&inner.executor.build_dir(&resource.id), &resource);
             // The completion must not be lost: retry until the bus takes it.
             let mut delay = std::time::Duration::from_millis(100);
             while let Err(e) = publish(&inner, &resource).await {

@@ -53,6 +53,9 @@ pub struct Invocation {
 
 #[derive(Debug, Clone)]
 struct Tools {
+    /// `setpriv --pdeathsig KILL`: a step or app dies with the DevGem process that started it,
+    /// even when that process is killed outright (no orphans holding ports after a crash).
+    setpriv: Option<PathBuf>,
     unshare: PathBuf,
     mount: PathBuf,
     chroot: PathBuf,
@@ -116,6 +119,7 @@ impl Sandbox {
         host_path: &OsString,
     ) -> Result<Self, SandboxError> {
         let tools = Tools {
+            setpriv: find(host_path, "setpriv").ok(),
             unshare: find(host_path, "unshare")?,
             mount: find(host_path, "mount")?,
             chroot: find(host_path, "chroot")?,
@@ -249,7 +253,14 @@ impl Sandbox {
         }
         script.push('\n');
 
-        let mut command = tokio::process::Command::new(&self.tools.unshare);
+        let mut command = match &self.tools.setpriv {
+            Some(setpriv) => {
+                let mut command = tokio::process::Command::new(setpriv);
+                command.args(["--pdeathsig", "KILL", "--"]).arg(&self.tools.unshare);
+                command
+            }
+            None => tokio::process::Command::new(&self.tools.unshare),
+        };
         if !self.as_root {
             command.args(["--user", "--map-root-user"]);
         }

@@ -74,7 +74,7 @@ async fn image(f: &Fixture, id: &str, content: &str, cmd: Option<&str>) -> Strin
 }
 
 fn spec(image: String) -> RevisionSpec {
-    RevisionSpec { owner: owner(), service: service(), image, env: BTreeMap::new(), port: CLOUD_RUN_PORT }
+    RevisionSpec { owner: owner(), service: service(), image, env: BTreeMap::new(), port: CLOUD_RUN_PORT, name: None }
 }
 
 async fn get(url: &str) -> Option<String> {
@@ -180,4 +180,24 @@ async fn a_restarted_runtime_serves_its_routes_again() {
     let port = again.port_for("web").await.expect("routed after restart");
     assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.as_deref(), Some("still here"));
     again.shutdown().await;
+}
+
+#[tokio::test]
+async fn creating_a_named_revision_twice_returns_the_same_one() {
+    let f = fixture();
+    let image = image(&f, "n1", "named", None).await;
+    let named = RevisionSpec { name: Some("web-abc123".into()), ..spec(image) };
+    let first = f.runtime.create_revision(named.clone()).await.expect("created");
+    assert_eq!(first.name, "web-abc123");
+    let again = f.runtime.create_revision(named.clone()).await.expect("exists");
+    assert_eq!((again.name.as_str(), again.url.as_str()), (first.name.as_str(), first.url.as_str()));
+    f.runtime.shutdown().await;
+    // After a restart its process is gone; creating it again starts the same revision.
+    let runtime = runtime_on(&f.dir.path().join("data"), &f.executor, &f.bus);
+    let restarted = runtime.create_revision(named).await.expect("started again");
+    assert_eq!(restarted.name, "web-abc123");
+    assert_eq!(get(&restarted.url).await.as_deref(), Some("named"));
+    let revisions = std::fs::read_dir(f.dir.path().join("data/runtime/revisions")).expect("dir").count();
+    assert_eq!(revisions, 1, "no duplicate revision");
+    runtime.shutdown().await;
 }
