@@ -509,3 +509,60 @@ async fn a_kill_during_the_start_resumes_with_the_same_revision_after_restart() 
     assert_eq!(body, "resumed");
     up.kill();
 }
+
+#[tokio::test]
+async fn every_event_delivered_again_changes_nothing() {
+    use devgem_common::events::{BuildRequested, DeploymentRequested, EventContext, ReleaseRequested, Topic};
+    use devgem_common::ports::bus::{BusExt, OutboundMessage};
+    let app = spawn_app().await;
+    let repo = copy_fixture("py-stdlib");
+    let (created, live) = deploy(&app, json!({ "source": repo.path(), "name": "twice" })).await;
+    assert_eq!(live["state"], "live", "{live}");
+    let session = created["session_id"].as_str().expect("session").to_owned();
+    let events_before = session_events(&app, &session).await.len();
+    let (_, service_before) = api(&app, "GET", "/api/services/twice", None).await;
+
+    fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+        serde_json::from_value(v.clone()).expect("typed")
+    }
+    let (id, owner, session_id) = (parse(&live["id"]), parse(&live["owner"]), parse(&live["session_id"]));
+    let ctx = EventContext::new("test", parse(&live["correlation_id"]));
+    let now = chrono::Utc::now();
+    let bus = app.embedded.ports.bus.clone();
+    let requested = DeploymentRequested { deployment_id: id, owner, session_id };
+    bus.publish_event(&requested, &ctx, now).await.expect("publish");
+    let build = BuildRequested {
+        deployment_id: requested.deployment_id.clone(),
+        owner: requested.owner.clone(),
+        session_id: requested.session_id.clone(),
+    };
+    bus.publish_event(&build, &ctx, now).await.expect("publish");
+    let release = ReleaseRequested {
+        deployment_id: requested.deployment_id.clone(),
+        owner: requested.owner.clone(),
+        session_id: requested.session_id.clone(),
+        build_id: live["build_id"].as_str().expect("build id").to_owned(),
+        image: live["image"].as_str().expect("image").to_owned(),
+    };
+    bus.publish_event(&release, &ctx, now).await.expect("publish");
+    // The build's final notification, again, as Cloud Build may send it.
+    let build_id = live["build_id"].as_str().expect("build id");
+    let resource = std::fs::read(app.embedded.data_dir.join("builder/builds").join(build_id).join("build.json")).expect("build.json");
+    let attributes = [("buildId".to_owned(), build_id.to_owned()), ("status".to_owned(), "SUCCESS".to_owned())].into();
+    bus.publish(Topic::CloudBuilds, OutboundMessage { data: resource.into(), attributes, ordering_key: None }).await.expect("publish");
+
+    // Deliveries are in-process and take milliseconds; give them ample time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.embedded.bus.stats().await.expect("stats").backlog > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, after) = api(&app, "GET", &format!("/api/deployments/{}", live["id"].as_str().expect("id")), None).await;
+    assert_eq!(after, live, "the deployment did not change");
+    assert_eq!(session_events(&app, &session).await.len(), events_before, "no new session events");
+    let (_, service_after) = api(&app, "GET", "/api/services/twice", None).await;
+    assert_eq!(service_after, service_before);
+    assert_eq!(count_dirs(&app.embedded.data_dir.join("runtime/revisions")), 1);
+    assert_eq!(count_dirs(&app.embedded.data_dir.join("builder/builds")), 1);
+    assert_eq!(app.embedded.bus.stats().await.expect("stats").dead_letters, 0);
+}
