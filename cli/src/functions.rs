@@ -64,7 +64,19 @@ impl Function {
             Function::Monitor => devgem_monitor::router(devgem_monitor::AppState { ports }),
             Function::Relay => devgem_relay::router(devgem_relay::AppState { ports }),
             Function::Api => devgem_api::router(devgem_api::AppState { ports, identity: embedded.identity.clone() }),
-            Function::Janitor => devgem_janitor::router(devgem_janitor::AppState { ports }),
+            Function::Janitor => devgem_janitor::router(janitor_state(embedded)),
         }
+    }
+}
+
+/// The janitor's state on the embedded adapters: deadlines from the environment, three
+/// revisions kept per service besides the serving one and the rollback target.
+pub fn janitor_state(embedded: &Embedded) -> devgem_janitor::AppState {
+    devgem_janitor::AppState {
+        ports: embedded.ports.clone(),
+        runtime: Arc::new(embedded.runtime.clone()),
+        builder: Arc::new(embedded.builder.clone()),
+        deadlines: devgem_janitor::Deadlines::from_env(),
+        keep_revisions: 3,
     }
 }

@@ -55,6 +55,9 @@ pub enum Command {
         function: functions::Function,
         #[arg(long, env = "PORT", default_value_t = 8080)]
         port: u16,
+        /// Run once and exit (the janitor as a Cloud Run job).
+        #[arg(long)]
+        once: bool,
     },
     /// Analyze a repository: language, framework, port, start command, env vars, packages.
     Analyze {
@@ -153,7 +156,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let args = deploy::DeployArgs { target, name, git_ref, env, env_file, allow_risky, server };
             deploy::run(&cli.data_dir, args).await
         }
-        Command::Serve { function, port } => serve::run(function, &cli.data_dir, port).await,
+        Command::Serve { function, port, once } => serve::run(function, &cli.data_dir, port, once).await,
         Command::Token { command: TokenCommand::Create { user, name, server } } => {
             let token = token::create(&cli.data_dir, &user, name.as_deref(), server.as_deref()).await?;
             eprintln!("Token for {user} (shown once; only its hash is stored):");

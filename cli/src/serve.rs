@@ -12,8 +12,18 @@ use devgem_common::serve::{SHUTDOWN_GRACE, serve, termination_signal};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-pub async fn run(function: Function, data_dir: &Path, port: u16) -> anyhow::Result<()> {
+pub async fn run(function: Function, data_dir: &Path, port: u16, once: bool) -> anyhow::Result<()> {
     let embedded = Embedded::open(data_dir, false)?;
+    if once {
+        // The Cloud Run job form: one pass, its report on stdout, then exit.
+        if function != Function::Janitor {
+            anyhow::bail!("--once runs the janitor's sweep; other functions are services");
+        }
+        let report = devgem_janitor::sweep::sweep(&crate::functions::janitor_state(&embedded)).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        embedded.bus.shutdown(std::time::Duration::from_secs(5)).await;
+        return Ok(());
+    }
     let router = function.router(&embedded).layer(axum::middleware::from_fn(correlate));
     // Cloud Run sends traffic to the container's port on every interface.
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));

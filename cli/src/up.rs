@@ -10,7 +10,7 @@
 //!   `<service>.localhost` to the deployed app (see [`crate::proxy`]).
 //! - The pipeline's subscriptions (deployments → analyze, builds and cloud-builds → build,
 //!   releases → deploy, control → all three) are attached on start; revisions that served before
-//!   are started again.
+//!   are started again, and the janitor runs every minute.
 //! - Ctrl-C or SIGTERM stops accepting, finishes in-flight requests and deliveries; pending
 //!   messages stay in the bus and are delivered on the next start.
 
@@ -136,7 +136,11 @@ pub struct App {
     pub embedded: Embedded,
     pub router: Router,
     functions: Vec<(&'static str, Router)>,
+    janitor: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
+
+/// How often `devgem up` runs the janitor.
+const JANITOR_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct HealthState {
@@ -214,7 +218,7 @@ impl App {
             .fallback_service(relay)
             .layer(axum::middleware::from_fn_with_state(embedded.runtime.clone(), crate::proxy::services))
             .layer(axum::middleware::from_fn(correlate));
-        Self { embedded, router, functions }
+        Self { embedded, router, functions, janitor: Default::default() }
     }
 
     fn function(&self, name: &str) -> Router {
@@ -250,11 +254,30 @@ impl App {
         for (revision, error) in self.embedded.runtime.restore().await {
             tracing::warn!(%revision, %error, "a serving revision did not start again");
         }
+        let janitor = crate::functions::janitor_state(&self.embedded);
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(JANITOR_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match devgem_janitor::sweep::sweep(&janitor).await {
+                    Ok(report) if report != Default::default() => tracing::info!(?report, "janitor"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "the janitor's sweep failed"),
+                }
+            }
+        });
+        if let Ok(mut slot) = self.janitor.lock() {
+            *slot = Some(task);
+        }
         Ok(())
     }
 
     /// Stops deliveries and the deployed apps.
     pub async fn stop(&self) {
+        if let Some(task) = self.janitor.lock().ok().and_then(|mut slot| slot.take()) {
+            task.abort();
+        }
         self.embedded.bus.shutdown(Duration::from_secs(5)).await;
         self.embedded.runtime.shutdown().await;
     }

@@ -6,6 +6,7 @@
 mod builder;
 mod cli_tools;
 mod identity;
+mod janitor;
 mod pipeline;
 mod source;
 mod support;

@@ -547,9 +547,12 @@ async fn every_event_delivered_again_changes_nothing() {
     bus.publish_event(&release, &ctx, now).await.expect("publish");
     // The build's final notification, again, as Cloud Build may send it.
     let build_id = live["build_id"].as_str().expect("build id");
-    let resource = std::fs::read(app.embedded.data_dir.join("builder/builds").join(build_id).join("build.json")).expect("build.json");
+    let resource = std::fs::read(app.embedded.data_dir.join("builder/builds").join(build_id).join("build.json"))
+        .expect("build.json");
     let attributes = [("buildId".to_owned(), build_id.to_owned()), ("status".to_owned(), "SUCCESS".to_owned())].into();
-    bus.publish(Topic::CloudBuilds, OutboundMessage { data: resource.into(), attributes, ordering_key: None }).await.expect("publish");
+    bus.publish(Topic::CloudBuilds, OutboundMessage { data: resource.into(), attributes, ordering_key: None })
+        .await
+        .expect("publish");
 
     // Deliveries are in-process and take milliseconds; give them ample time.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -223,6 +223,9 @@ pub struct Deployment {
     /// The user accepted high-severity security findings for this deployment.
     #[serde(default)]
     pub allow_risky: bool,
+    /// When the janitor last re-sent the stage's event because the deployment stopped moving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nudged_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -270,6 +273,7 @@ impl Deployment {
             plan: None,
             image: None,
             allow_risky: false,
+            nudged_at: None,
             created_at: now,
             updated_at: now,
         }
