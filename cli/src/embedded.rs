@@ -49,11 +49,12 @@ impl Embedded {
     /// Opens every adapter on `data_dir`. `local_paths`: whether local directories are accepted
     /// as sources (only when the server listens on loopback: the user is on this machine).
     pub fn open(data_dir: &Path, local_paths: bool) -> Result<Self, OpenError> {
-        Self::open_with_policy(data_dir, SourcePolicy::from_env(local_paths))
+        Self::open_with(data_dir, SourcePolicy::from_env(local_paths), STARTUP_TIMEOUT)
     }
 
-    /// Opens every adapter on `data_dir` with an explicit source policy (tests allow loopback).
-    pub fn open_with_policy(data_dir: &Path, policy: SourcePolicy) -> Result<Self, OpenError> {
+    /// Opens every adapter on `data_dir` with an explicit source policy (tests allow loopback)
+    /// and the time a new revision has to listen on its port.
+    pub fn open_with(data_dir: &Path, policy: SourcePolicy, startup_timeout: Duration) -> Result<Self, OpenError> {
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir { path: data_dir.to_owned(), source })?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = Arc::new(LocalStore::open(&data_dir.join("store.db"), clock.clone())?);
@@ -75,7 +76,7 @@ impl Embedded {
             executor,
             ports.bus.clone(),
             ports.clock.clone(),
-            STARTUP_TIMEOUT,
+            startup_timeout,
         )?;
         let work_dir = data_dir.join("work");
         std::fs::create_dir_all(&work_dir).map_err(|source| OpenError::DataDir { path: work_dir.clone(), source })?;

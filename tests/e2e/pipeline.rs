@@ -569,3 +569,30 @@ async fn every_event_delivered_again_changes_nothing() {
     assert_eq!(count_dirs(&app.embedded.data_dir.join("builder/builds")), 1);
     assert_eq!(app.embedded.bus.stats().await.expect("stats").dead_letters, 0);
 }
+
+#[tokio::test]
+async fn an_app_on_its_own_port_is_routed_there_found_by_analysis_or_by_repair() {
+    let app = spawn_app().await;
+    // The analyzer sees the fixed port in the code: routed from the start.
+    let fixed = copy_fixture("py-fixed-port");
+    let (_, live) = deploy(&app, json!({ "source": fixed.path(), "name": "fixed" })).await;
+    assert_eq!(live["state"], "live", "{live}");
+    assert_eq!(live["plan"]["port"], 5000);
+    let (_, body) = get_service(&app, "fixed").await;
+    assert!(body.contains("devgem-fixture:py-fixed-port"), "{body}");
+
+    // The port is in a settings file the analyzer does not read: the start fails on $PORT, the
+    // app's output names its port, and the deploy repairs the route.
+    let hidden = copy_fixture("py-hidden-port");
+    let (created, repaired) = deploy(&app, json!({ "source": hidden.path(), "name": "hidden" })).await;
+    assert_eq!(repaired["state"], "live", "{repaired}");
+    assert_eq!(repaired["plan"]["port"], 5055);
+    assert!(repaired["revision"].as_str().is_some_and(|r| r.ends_with("-r1")), "{repaired}");
+    let (_, body) = get_service(&app, "hidden").await;
+    assert!(body.contains("devgem-fixture:py-hidden-port"), "{body}");
+    let events = session_events(&app, created["session_id"].as_str().expect("session")).await;
+    let told = events.iter().any(|e| {
+        e["data"]["text"].as_str().is_some_and(|t| t.starts_with("Repair 1 of 2: the app listens on port 5055, not on $PORT"))
+    });
+    assert!(told, "the user is told what changed and why: {events:?}");
+}

@@ -135,7 +135,8 @@ pub async fn spawn_app_with_hosts(allow_hosts: &[&str]) -> TestApp {
         allow_local_paths: true,
         allow_hosts: allow_hosts.iter().map(|h| (*h).to_owned()).collect(),
     };
-    let embedded = Embedded::open_with_policy(dir.path(), policy).expect("open embedded adapters");
+    // A short startup timeout: tests of apps that never listen on $PORT need not wait a minute.
+    let embedded = Embedded::open_with(dir.path(), policy, Duration::from_secs(5)).expect("open embedded adapters");
     let admin = embedded.identity.ensure_admin(None).await.expect("admin").expect("new admin");
     let app = App::build(embedded.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

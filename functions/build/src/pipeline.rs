@@ -114,15 +114,18 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
     if deployment.state.is_terminal() {
         return Ok(());
     }
+    let adopting = deployment.build_id.is_none();
     match deployment.build_id.as_deref() {
-        // The submit has not recorded the id yet: this notification came first. Try again later.
-        None => return Err(HandlerError::Transient("the build id is not recorded yet".into())),
+        // The notification came before the submit saved the id. A deployment has one build (the
+        // submit runs once), so this is it: adopt the id with the change this notification makes.
+        None => deployment.build_id = Some(notification.build_id.clone()),
         Some(ours) if ours != notification.build_id => return Ok(()),
         Some(_) => {}
     }
     match notification.status {
         BuildStatus::Queued | BuildStatus::Pending | BuildStatus::Working | BuildStatus::StatusUnknown => {
-            if deployment.raise_progress(50, now()).map_err(internal)? {
+            let raised = deployment.raise_progress(50, now()).map_err(internal)?;
+            if raised || adopting {
                 timeline::save(store, &deployment, version, Vec::new()).await?;
             }
             Ok(())

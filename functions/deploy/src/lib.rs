@@ -2,9 +2,11 @@
 //! creates the revision from the built image (named after the deployment, so once per deployment),
 //! verifies that it answers, moves the service's traffic to it and records the result in
 //! `services/{owner}-{name}`. A revision that does not start or answer never takes traffic, so
-//! the previous one keeps serving.
+//! the previous one keeps serving. A revision that listens on another port than `$PORT`, and says
+//! so in its output, is started again routed to that port ([`repair`]).
 
 pub mod pipeline;
+pub mod repair;
 
 use axum::Router;
 use axum::extract::State;

@@ -3,6 +3,7 @@
 //! repeated, and a deployment that is already live or failed is left alone.
 
 use crate::AppState;
+use crate::repair::{MAX_REPAIRS, diagnose};
 use devgem_common::events::ReleaseRequested;
 use devgem_common::handler::HandlerError;
 use devgem_common::ids::EnvVarName;
@@ -121,24 +122,46 @@ async fn release(
 ) -> Result<(), HandlerError> {
     let store = state.ports.store.as_ref();
     let now = || state.ports.clock.now();
-    let created = match state.runtime.create_revision(spec).await {
-        Ok(info) => Created { name: info.name, url: info.url },
-        Err(RuntimeError::StartFailed(why)) => {
-            let mut fail = failure(
-                FailureCause::StartFailed,
-                Stage::Deploy,
-                format!("the new revision did not start: {why}. The previous revision, if any, keeps serving"),
-            );
-            fail.log_tail = start_log(state, &deployment.owner, &deployment.service).await;
-            timeline::fail(store, deployment, version, fail, now()).await?;
-            return Ok(());
+    let mut spec = spec;
+    let base_name = spec.name.clone().unwrap_or_default();
+    let mut repairs = 0;
+    let created = loop {
+        match state.runtime.create_revision(spec.clone()).await {
+            Ok(info) => break Created { name: info.name, url: info.url },
+            Err(RuntimeError::StartFailed(why)) => {
+                // The output may say where the app really listens: route there, at most twice.
+                if repairs < MAX_REPAIRS
+                    && let Some(repair) = diagnose(&why, spec.port)
+                {
+                    repairs += 1;
+                    spec.port = repair.port;
+                    spec.name = Some(format!("{base_name}-r{repairs}"));
+                    if let Some(plan) = deployment.plan.as_mut() {
+                        plan.port = repair.port;
+                        plan.notes.push(repair.reason.clone());
+                    }
+                    let text = format!("Repair {repairs} of {MAX_REPAIRS}: {}; starting it again", repair.reason);
+                    let events = vec![update(deployment, Stage::Deploy, StageStatus::Running, text)];
+                    version = timeline::save(store, deployment, version, events).await?;
+                    continue;
+                }
+                let mut fail = failure(
+                    FailureCause::StartFailed,
+                    Stage::Deploy,
+                    format!("the new revision did not start: {why}. The previous revision, if any, keeps serving"),
+                );
+                fail.log_tail = start_log(state, &deployment.owner, &deployment.service).await;
+                timeline::fail(store, deployment, version, fail, now()).await?;
+                return Ok(());
+            }
+            Err(RuntimeError::Refused(why)) => {
+                let fail =
+                    failure(FailureCause::StartFailed, Stage::Deploy, format!("the revision was refused: {why}"));
+                timeline::fail(store, deployment, version, fail, now()).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(HandlerError::Transient(e.to_string())),
         }
-        Err(RuntimeError::Refused(why)) => {
-            let fail = failure(FailureCause::StartFailed, Stage::Deploy, format!("the revision was refused: {why}"));
-            timeline::fail(store, deployment, version, fail, now()).await?;
-            return Ok(());
-        }
-        Err(e) => return Err(HandlerError::Transient(e.to_string())),
     };
     if deployment.state == DeploymentState::Deploying {
         deployment.revision = Some(created.name.clone());

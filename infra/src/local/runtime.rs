@@ -404,8 +404,8 @@ async fn run_once(
                     let _ = child.wait().await;
                     let seconds = runtime.inner.startup_timeout.as_secs();
                     fail(ready, RuntimeError::StartFailed(format!(
-                        "the app did not listen on port {} within {seconds}s; it must listen on $PORT ({}) on 0.0.0.0",
-                        record.port, record.port
+                        "the app did not listen on port {} within {seconds}s; it must listen on $PORT ({}) on 0.0.0.0. Its last lines: {}",
+                        record.port, record.port, last_lines(logs)
                     )));
                     return None;
                 }
@@ -422,17 +422,22 @@ async fn run_once(
         Err(e) => e.to_string(),
     };
     if ready.is_some() {
-        let last: Vec<String> = logs
-            .lock()
-            .map(|l| l.iter().rev().take(5).rev().filter_map(|e| e.text_payload.clone()).collect())
-            .unwrap_or_default();
         fail(
             ready,
-            RuntimeError::StartFailed(format!("the app exited with {status} before listening: {}", last.join(" | "))),
+            RuntimeError::StartFailed(format!("the app exited with {status} before listening: {}", last_lines(logs))),
         );
         return None;
     }
     Some(status)
+}
+
+/// A revision's last few lines of output, for a start failure's message.
+fn last_lines(logs: &std::sync::Mutex<VecDeque<LogEntry>>) -> String {
+    let last: Vec<String> = logs
+        .lock()
+        .map(|l| l.iter().rev().take(5).rev().filter_map(|e| e.text_payload.clone()).collect())
+        .unwrap_or_default();
+    if last.is_empty() { "none".to_owned() } else { last.join(" | ") }
 }
 
 fn free_port() -> Result<u16, RuntimeError> {

@@ -1,0 +1,76 @@
+//! Start-failure repairs: when a new revision does not listen on `$PORT` but its output says
+//! where it does listen, the deploy starts it again routed to that port (at most twice), and
+//! tells the user what it changed and why.
+
+use regex::Regex;
+use std::sync::LazyLock;
+
+/// How many times a deployment's start is repaired before it fails.
+pub const MAX_REPAIRS: u32 = 2;
+
+/// A change to the revision that should let it start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    pub port: u16,
+    /// What the user is told, in one sentence.
+    pub reason: String,
+}
+
+static LISTENING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\b(?:listen(?:ing)?|running|serving|started|bound|server)\b[^\n|]*?(?:(?:https?://)?(?P<host>localhost|\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:]*\]|0\.0\.0\.0)?:(?P<port>\d{2,5})\b|\bport\s+(?P<bare>\d{2,5})\b)",
+    )
+    .unwrap_or_else(|e| unreachable!("invalid built-in pattern: {e}"))
+});
+
+/// Reads a start failure (with the app's last lines) for the port the app really listens on.
+pub fn diagnose(failure: &str, expected_port: u16) -> Option<Repair> {
+    if !failure.contains("did not listen") {
+        return None;
+    }
+    let found = LISTENING.captures_iter(failure).filter_map(|c| {
+        let port = c.name("port").or_else(|| c.name("bare"))?.as_str().parse::<u16>().ok()?;
+        let host = c.name("host").map(|h| h.as_str().to_owned());
+        Some((port, host))
+    });
+    let (port, host) = found.filter(|(port, _)| *port != expected_port && *port >= 80).last()?;
+    let loopback = host.is_some_and(|h| h == "localhost" || h.starts_with("127."));
+    let mut reason = format!("the app listens on port {port}, not on $PORT ({expected_port}); DevGem routes to {port}");
+    if loopback {
+        reason.push_str(". It binds 127.0.0.1, which works here but not on Cloud Run: bind 0.0.0.0");
+    }
+    Some(Repair { port, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(lines: &str) -> String {
+        format!("the app did not listen on port 41234 within 60s; it must listen on $PORT: {lines}")
+    }
+
+    #[test]
+    fn the_port_an_app_announces_is_found() {
+        let cases = [
+            ("Listening on 0.0.0.0:5055", 5055),
+            (" * Running on http://127.0.0.1:5000 (Press CTRL+C to quit)", 5000),
+            ("INFO:     Uvicorn running on http://0.0.0.0:8000 (Press CTRL+C to quit)", 8000),
+            ("server started, listening on port 3001", 3001),
+            ("Serving HTTP on 0.0.0.0 port 9000 (http://0.0.0.0:9000/) ...", 9000),
+        ];
+        for (line, port) in cases {
+            let repair = diagnose(&timeout(line), 41234).unwrap_or_else(|| panic!("no port in {line:?}"));
+            assert_eq!(repair.port, port, "{line}");
+        }
+        let loopback = diagnose(&timeout(" * Running on http://127.0.0.1:5000"), 41234).expect("found");
+        assert!(loopback.reason.contains("bind 0.0.0.0"), "{}", loopback.reason);
+    }
+
+    #[test]
+    fn nothing_is_repaired_without_evidence() {
+        assert_eq!(diagnose(&timeout("starting worker"), 41234), None);
+        assert_eq!(diagnose(&timeout("Listening on 0.0.0.0:41234"), 41234), None, "it already is the port");
+        assert_eq!(diagnose("the app exited with status 1 before listening: KeyError", 41234), None);
+    }
+}
