@@ -23,9 +23,13 @@ pub enum HandlerError {
     /// The event can never be handled (bad payload, refers to nothing). Recorded, acked.
     #[error("poison event: {0}")]
     Poison(String),
-    /// Try again later (a conflict, an unavailable dependency). 503: redelivered with backoff.
+    /// Try again later (an unavailable dependency). 503: redelivered with backoff.
     #[error("transient failure: {0}")]
     Transient(String),
+    /// Someone else changed the document first: re-read and decide again ([`retry_conflicts`]
+    /// does it at once; left over, it is a 503 like `Transient`).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A bug or an unexpected state. 500: redelivered, and dead-lettered if it persists.
     #[error("internal error: {0}")]
     Internal(String),
@@ -33,8 +37,32 @@ pub enum HandlerError {
 
 impl From<StoreError> for HandlerError {
     fn from(e: StoreError) -> Self {
-        if e.is_transient() { Self::Transient(e.to_string()) } else { Self::Internal(e.to_string()) }
+        if e.is_conflict() {
+            Self::Conflict(e.to_string())
+        } else if e.is_transient() {
+            Self::Transient(e.to_string())
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
+}
+
+/// Runs `attempt` again, up to 5 times, while it fails on a conflict: another handler moved the
+/// document first, and re-reading now is better than a redelivery's backoff (which would also
+/// hold back the messages ordered after this one).
+pub async fn retry_conflicts<F, Fut>(mut attempt: F) -> Result<(), HandlerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    let mut outcome = attempt().await;
+    for _ in 0..4 {
+        match outcome {
+            Err(HandlerError::Conflict(_)) => outcome = attempt().await,
+            done => return done,
+        }
+    }
+    outcome
 }
 
 /// The document recorded for a poison event.
@@ -112,7 +140,7 @@ where
                     }
                 }
             }
-            Err(HandlerError::Transient(reason)) => {
+            Err(HandlerError::Transient(reason) | HandlerError::Conflict(reason)) => {
                 tracing::info!(%reason, "transient failure; asking for redelivery");
                 ApiError::unavailable(&reason).into_response()
             }
@@ -193,5 +221,40 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn conflicts_are_retried_at_once_and_other_outcomes_are_not() {
+        let calls = AtomicU32::new(0);
+        let outcome = retry_conflicts(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err(HandlerError::Conflict("moved".into())) } else { Ok(()) }
+        })
+        .await;
+        assert!(outcome.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let calls = AtomicU32::new(0);
+        let outcome = retry_conflicts(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(HandlerError::Conflict("always".into()))
+        })
+        .await;
+        assert!(matches!(outcome, Err(HandlerError::Conflict(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "bounded");
+
+        let calls = AtomicU32::new(0);
+        let outcome = retry_conflicts(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(HandlerError::Transient("down".into()))
+        })
+        .await;
+        assert!(matches!(outcome, Err(HandlerError::Transient(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -592,7 +592,9 @@ async fn an_app_on_its_own_port_is_routed_there_found_by_analysis_or_by_repair()
     assert!(body.contains("devgem-fixture:py-hidden-port"), "{body}");
     let events = session_events(&app, created["session_id"].as_str().expect("session")).await;
     let told = events.iter().any(|e| {
-        e["data"]["text"].as_str().is_some_and(|t| t.starts_with("Repair 1 of 2: the app listens on port 5055, not on $PORT"))
+        e["data"]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Repair 1 of 2: the app listens on port 5055, not on $PORT"))
     });
     assert!(told, "the user is told what changed and why: {events:?}");
 }

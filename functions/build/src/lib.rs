@@ -16,7 +16,7 @@ use devgem_common::envelope::PushRequest;
 use devgem_common::events::cloud_build::CloudBuildNotification;
 use devgem_common::events::{BuildRequested, ControlEvent};
 use devgem_common::function::health_router;
-use devgem_common::handler::handle_push;
+use devgem_common::handler::{handle_push, retry_conflicts};
 use devgem_common::ports::Ports;
 use devgem_common::ports::builder::Builder;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ pub fn router(state: AppState) -> Router {
 async fn push_build(State(state): State<AppState>, request: PushRequest) -> Response {
     let store = state.ports.store.clone();
     handle_push::<BuildRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
-        pipeline::on_build_requested(&state, envelope.payload).await
+        retry_conflicts(|| pipeline::on_build_requested(&state, envelope.payload.clone())).await
     })
     .await
 }
@@ -62,7 +62,7 @@ async fn push_cloud_build(State(state): State<AppState>, request: PushRequest) -
         store.as_ref(),
         state.ports.clock.now(),
         request,
-        |envelope| async move { pipeline::on_cloud_build(&state, envelope.payload).await },
+        |envelope| async move { retry_conflicts(|| pipeline::on_cloud_build(&state, envelope.payload.clone())).await },
     )
     .await
 }
@@ -70,7 +70,7 @@ async fn push_cloud_build(State(state): State<AppState>, request: PushRequest) -
 async fn push_control(State(state): State<AppState>, request: PushRequest) -> Response {
     let store = state.ports.store.clone();
     handle_push::<ControlEvent, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
-        pipeline::on_control(&state, envelope.payload).await
+        retry_conflicts(|| pipeline::on_control(&state, envelope.payload.clone())).await
     })
     .await
 }

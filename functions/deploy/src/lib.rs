@@ -16,7 +16,7 @@ use devgem_common::cancel::Cancels;
 use devgem_common::envelope::PushRequest;
 use devgem_common::events::{ControlEvent, ReleaseRequested};
 use devgem_common::function::health_router;
-use devgem_common::handler::handle_push;
+use devgem_common::handler::{handle_push, retry_conflicts};
 use devgem_common::ports::Ports;
 use devgem_common::ports::runtime::Runtime;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub fn router(state: AppState) -> Router {
 async fn push_release(State(state): State<AppState>, request: PushRequest) -> Response {
     let store = state.ports.store.clone();
     handle_push::<ReleaseRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
-        pipeline::on_release(&state, envelope.payload).await
+        retry_conflicts(|| pipeline::on_release(&state, envelope.payload.clone())).await
     })
     .await
 }
@@ -58,7 +58,7 @@ async fn push_release(State(state): State<AppState>, request: PushRequest) -> Re
 async fn push_control(State(state): State<AppState>, request: PushRequest) -> Response {
     let store = state.ports.store.clone();
     handle_push::<ControlEvent, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
-        pipeline::on_control(&state, envelope.payload).await
+        retry_conflicts(|| pipeline::on_control(&state, envelope.payload.clone())).await
     })
     .await
 }
