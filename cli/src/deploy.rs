@@ -21,6 +21,8 @@ pub struct DeployArgs {
     pub name: Option<String>,
     pub git_ref: Option<String>,
     pub env: Vec<String>,
+    /// `KEY=value` pairs that are secret: stored encrypted, never in a document.
+    pub secrets: Vec<String>,
     pub env_file: Option<PathBuf>,
     pub allow_risky: bool,
     pub server: Option<String>,
@@ -62,6 +64,13 @@ fn request_body(args: &DeployArgs) -> anyhow::Result<Value> {
         let Some((key, value)) = pair.split_once('=') else { bail!("--env takes KEY=value, got {pair:?}") };
         env.insert(key.to_owned(), value.to_owned());
     }
+    let mut secrets = BTreeMap::new();
+    for pair in &args.secrets {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--secret takes KEY=value, got a value without '='")
+        };
+        secrets.insert(key.to_owned(), value.to_owned());
+    }
     let source = if args.target.contains("://") || args.target.starts_with("git@") {
         args.target.clone()
     } else {
@@ -71,7 +80,10 @@ fn request_body(args: &DeployArgs) -> anyhow::Result<Value> {
         }
         std::path::absolute(path)?.display().to_string()
     };
-    Ok(json!({ "source": source, "ref": args.git_ref, "name": args.name, "env": env, "allow_risky": args.allow_risky }))
+    Ok(json!({
+        "source": source, "ref": args.git_ref, "name": args.name, "env": env, "secrets": secrets,
+        "allow_risky": args.allow_risky,
+    }))
 }
 
 /// A REST client of a DevGem server.

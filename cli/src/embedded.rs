@@ -5,7 +5,7 @@ use devgem_common::identity::Identity;
 use devgem_common::ports::Ports;
 use devgem_infra::local::builder::{LocalBuilder, executor_for};
 use devgem_infra::local::runtime::LocalRuntime;
-use devgem_infra::local::{LocalBlobs, LocalBus, LocalStore};
+use devgem_infra::local::{LocalBlobs, LocalBus, LocalSecrets, LocalStore};
 use devgem_infra::source::{GitSource, SourcePolicy};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +13,16 @@ use std::time::Duration;
 
 /// How long a new revision may take to listen on its port.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What [`Embedded::open_with`] is told.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub policy: SourcePolicy,
+    /// How long a new revision may take to listen on its port.
+    pub startup_timeout: Duration,
+    /// The secrets key file: outside the data dir.
+    pub secrets_key: PathBuf,
+}
 
 /// The embedded adapters, opened.
 #[derive(Debug, Clone)]
@@ -23,6 +33,7 @@ pub struct Embedded {
     pub bus: LocalBus,
     pub identity: Identity,
     pub source: Arc<GitSource>,
+    pub secrets: Arc<LocalSecrets>,
     pub builder: LocalBuilder,
     pub runtime: LocalRuntime,
     /// Where the analyze function fetches snapshots.
@@ -49,12 +60,21 @@ impl Embedded {
     /// Opens every adapter on `data_dir`. `local_paths`: whether local directories are accepted
     /// as sources (only when the server listens on loopback: the user is on this machine).
     pub fn open(data_dir: &Path, local_paths: bool) -> Result<Self, OpenError> {
-        Self::open_with(data_dir, SourcePolicy::from_env(local_paths), STARTUP_TIMEOUT)
+        // The key stays outside the data dir; without a home, next to it (never inside).
+        let secrets_key =
+            devgem_infra::local::secrets::default_key_path().unwrap_or_else(|| data_dir.with_extension("secrets.key"));
+        let options = EmbeddedOptions {
+            policy: SourcePolicy::from_env(local_paths),
+            startup_timeout: STARTUP_TIMEOUT,
+            secrets_key,
+        };
+        Self::open_with(data_dir, options)
     }
 
-    /// Opens every adapter on `data_dir` with an explicit source policy (tests allow loopback)
-    /// and the time a new revision has to listen on its port.
-    pub fn open_with(data_dir: &Path, policy: SourcePolicy, startup_timeout: Duration) -> Result<Self, OpenError> {
+    /// Opens every adapter on `data_dir` with explicit options (tests: loopback git, a short
+    /// startup timeout, a key of their own).
+    pub fn open_with(data_dir: &Path, options: EmbeddedOptions) -> Result<Self, OpenError> {
+        let EmbeddedOptions { policy, startup_timeout, secrets_key } = options;
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir { path: data_dir.to_owned(), source })?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = Arc::new(LocalStore::open(&data_dir.join("store.db"), clock.clone())?);
@@ -63,6 +83,7 @@ impl Embedded {
         let identity = Identity::new(store.clone(), clock.clone());
         let ports = Ports { store, bus: Arc::new(bus.clone()), blobs, clock };
         let source = Arc::new(GitSource::new(policy));
+        let secrets = Arc::new(LocalSecrets::open(data_dir.join("secrets.json"), &secrets_key));
         let executor = Arc::new(executor_for(data_dir)?);
         let builder = LocalBuilder::new(
             executor.clone(),
@@ -74,12 +95,13 @@ impl Embedded {
         let runtime = LocalRuntime::open(
             data_dir.join("runtime"),
             executor,
+            secrets.clone(),
             ports.bus.clone(),
             ports.clock.clone(),
             startup_timeout,
         )?;
         let work_dir = data_dir.join("work");
         std::fs::create_dir_all(&work_dir).map_err(|source| OpenError::DataDir { path: work_dir.clone(), source })?;
-        Ok(Self { data_dir: data_dir.to_owned(), ports, bus, identity, source, builder, runtime, work_dir })
+        Ok(Self { data_dir: data_dir.to_owned(), ports, bus, identity, source, secrets, builder, runtime, work_dir })
     }
 }

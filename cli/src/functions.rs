@@ -63,7 +63,11 @@ impl Function {
             }
             Function::Monitor => devgem_monitor::router(devgem_monitor::AppState { ports }),
             Function::Relay => devgem_relay::router(devgem_relay::AppState { ports }),
-            Function::Api => devgem_api::router(devgem_api::AppState { ports, identity: embedded.identity.clone() }),
+            Function::Api => devgem_api::router(devgem_api::AppState {
+                ports,
+                identity: embedded.identity.clone(),
+                secrets: embedded.secrets.clone(),
+            }),
             Function::Janitor => devgem_janitor::router(janitor_state(embedded)),
         }
     }

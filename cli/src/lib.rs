@@ -88,6 +88,10 @@ pub enum Command {
         /// An env var for the app, KEY=value (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// A secret env var, KEY=value (repeatable): stored encrypted, only referenced elsewhere.
+        /// Env names that look secret (…PASSWORD, …TOKEN, DATABASE_URL) are kept as secrets too.
+        #[arg(long = "secret", value_name = "KEY=VALUE")]
+        secrets: Vec<String>,
         /// A file of KEY=value lines.
         #[arg(long)]
         env_file: Option<PathBuf>,
@@ -152,8 +156,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build { target } => build::run(&target, &cli.data_dir).await,
         Command::Abort { deployment, server } => deploy::abort(&cli.data_dir, &deployment, server).await,
         Command::Rollback { service, to, server } => deploy::rollback(&cli.data_dir, &service, to, server).await,
-        Command::Deploy { target, name, git_ref, env, env_file, allow_risky, server } => {
-            let args = deploy::DeployArgs { target, name, git_ref, env, env_file, allow_risky, server };
+        Command::Deploy { target, name, git_ref, env, secrets, env_file, allow_risky, server } => {
+            let args = deploy::DeployArgs { target, name, git_ref, env, secrets, env_file, allow_risky, server };
             deploy::run(&cli.data_dir, args).await
         }
         Command::Serve { function, port, once } => serve::run(function, &cli.data_dir, port, once).await,

@@ -158,7 +158,7 @@ async fn missing_env_and_bad_requests_are_explained() {
     assert_eq!(status, 400);
     assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("absolute directory")), "{error}");
     let (status, error) =
-        api(&app, "POST", "/api/deployments", Some(json!({ "source": "/x", "env": { "DB_PASSWORD": "p" } }))).await;
+        api(&app, "POST", "/api/deployments", Some(json!({ "source": "/x", "env": { "1BAD": "p" } }))).await;
     assert_eq!(status, 400, "{error}");
     let (_, refused) = deploy(&app, json!({ "source": "https://127.0.0.1/app.git" })).await;
     assert_eq!(refused["failure"]["cause"], "source_unavailable");
@@ -597,4 +597,44 @@ async fn an_app_on_its_own_port_is_routed_there_found_by_analysis_or_by_repair()
             .is_some_and(|t| t.starts_with("Repair 1 of 2: the app listens on port 5055, not on $PORT"))
     });
     assert!(told, "the user is told what changed and why: {events:?}");
+}
+
+#[tokio::test]
+async fn secret_values_reach_the_app_and_are_stored_nowhere_in_plain_text() {
+    let app = spawn_app().await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        repo.path().join("app.py"),
+        "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\nPASSWORD = os.environ[\"DB_PASSWORD\"]\nKEY = os.environ[\"SIGNING\"]\n\n\nclass H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        body = f\"lengths {len(PASSWORD)} {len(KEY)}\".encode()\n        self.send_response(200)\n        self.send_header(\"Content-Length\", str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\n\n\nif __name__ == \"__main__\":\n    HTTPServer((\"0.0.0.0\", int(os.environ.get(\"PORT\", \"8080\"))), H).serve_forever()\n",
+    )
+    .expect("write");
+    std::fs::write(repo.path().join("requirements.txt"), "# none\n").expect("write");
+    let body = json!({
+        "source": repo.path(), "name": "vault",
+        "env": { "DB_PASSWORD": "hunter2-plain" },
+        "secrets": { "SIGNING": "k3y-material" },
+    });
+    let (created, live) = deploy(&app, body).await;
+    assert_eq!(live["state"], "live", "{live}");
+    let (_, answer) = get_service(&app, "vault").await;
+    assert_eq!(answer, "lengths 13 12");
+    assert!(live["env"].get("DB_PASSWORD").is_none(), "a secret-looking name goes to the secret store: {live}");
+    assert_eq!(live["secret_env"]["DB_PASSWORD"]["name"], "admin--vault--DB_PASSWORD");
+    let events = serde_json::to_string(&session_events(&app, created["session_id"].as_str().expect("session")).await)
+        .expect("json");
+    let data = app.embedded.data_dir.clone();
+    let mut stored = vec![live.to_string(), events];
+    for file in ["secrets.json", "store.db", "bus.db"] {
+        stored.push(String::from_utf8_lossy(&std::fs::read(data.join(file)).unwrap_or_default()).into_owned());
+    }
+    for entry in std::fs::read_dir(data.join("runtime/revisions")).expect("revisions").flatten() {
+        stored.push(std::fs::read_to_string(entry.path().join("revision.json")).unwrap_or_default());
+    }
+    for text in stored {
+        assert!(
+            !text.contains("hunter2-plain") && !text.contains("k3y-material"),
+            "a secret in plain text: {}",
+            &text[..text.len().min(300)]
+        );
+    }
 }

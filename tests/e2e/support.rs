@@ -52,6 +52,8 @@ impl DevgemProcess {
             .env_remove("DEVGEM_TOKEN")
             .env_remove("DEVGEM_SERVER")
             .env_remove("K_SERVICE")
+            // The secrets key outside the data dir, and not in the home of whoever runs the tests.
+            .env("DEVGEM_SECRETS_KEY_FILE", data_dir.with_extension("secrets.key"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::piped() });
@@ -136,7 +138,12 @@ pub async fn spawn_app_with_hosts(allow_hosts: &[&str]) -> TestApp {
         allow_hosts: allow_hosts.iter().map(|h| (*h).to_owned()).collect(),
     };
     // A short startup timeout: tests of apps that never listen on $PORT need not wait a minute.
-    let embedded = Embedded::open_with(dir.path(), policy, Duration::from_secs(5)).expect("open embedded adapters");
+    let options = devgem_cli::embedded::EmbeddedOptions {
+        policy,
+        startup_timeout: Duration::from_secs(5),
+        secrets_key: dir.path().with_extension("secrets.key"),
+    };
+    let embedded = Embedded::open_with(dir.path(), options).expect("open embedded adapters");
     let admin = embedded.identity.ensure_admin(None).await.expect("admin").expect("new admin");
     let app = App::build(embedded.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -209,9 +209,12 @@ pub struct Deployment {
     pub abort_requested: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
-    /// Env values the user gave (plain values only: secrets are never stored in a document).
+    /// Env values the user gave, in plain text: only values that are not secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Env values that are secret, as references into the Secrets port.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, crate::ports::secrets::SecretRef>,
     /// The commit that was analyzed, so the build uses the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
@@ -269,6 +272,7 @@ impl Deployment {
             abort_requested: false,
             failure: None,
             env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
             commit: None,
             plan: None,
             image: None,

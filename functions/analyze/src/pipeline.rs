@@ -232,7 +232,12 @@ async fn plan_from(
     let missing: Vec<String> = service
         .env_vars
         .iter()
-        .filter(|v| v.required && v.default.is_none() && !deployment.env.contains_key(&v.name))
+        .filter(|v| {
+            v.required
+                && v.default.is_none()
+                && !deployment.env.contains_key(&v.name)
+                && !deployment.secret_env.contains_key(&v.name)
+        })
         .map(|v| v.name.clone())
         .collect();
     let mut stage_failure = (!missing.is_empty()).then(|| {

@@ -146,6 +146,9 @@ pub struct NewDeploymentRequest {
     name: Option<String>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
+    /// Env values that are secret: stored in the Secrets port, never in a document.
+    #[serde(default)]
+    secrets: std::collections::BTreeMap<String, String>,
     /// Accept high-severity security findings.
     #[serde(default)]
     allow_risky: bool,
@@ -161,8 +164,8 @@ pub struct DeploymentCreated {
     service: devgem_common::ids::ServiceName,
 }
 
-/// Env names whose values are secrets by their look. Until the Secrets adapter exists, their
-/// values are refused rather than stored in plain text.
+/// Env names whose values are secrets by their look: given as plain env, they are stored as
+/// secrets all the same.
 fn looks_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "PRIVATE", "API_KEY", "APIKEY", "DATABASE_URL", "CREDENTIAL"]
@@ -197,13 +200,8 @@ pub async fn create_deployment(
         Some(name) => parse(devgem_common::ids::ServiceName::parse(name))?,
         None => devgem_common::ids::ServiceName::derive_from(derived_from),
     };
-    for name in request.env.keys() {
+    for name in request.env.keys().chain(request.secrets.keys()) {
         parse(devgem_common::ids::EnvVarName::parse(name))?;
-        if looks_secret(name) {
-            return Err(ApiError::bad_request(format!(
-                "{name} looks like a secret; secret values are not accepted until DevGem can keep them in its secret store"
-            )));
-        }
     }
     let session_id = match &request.session_id {
         Some(id) => parse(SessionId::parse(id))?,
@@ -222,7 +220,22 @@ pub async fn create_deployment(
         },
         now,
     );
-    deployment.env = request.env.clone();
+    for (name, value) in request.env.iter().chain(&request.secrets) {
+        if request.secrets.contains_key(name) || looks_secret(name) {
+            let secret_name = format!("{}--{}--{name}", caller.user_id, service);
+            let reference = state
+                .secrets
+                .put(&secret_name, devgem_common::ports::secrets::SecretValue::new(value.clone()))
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "a secret was not stored");
+                    ApiError::unavailable("the secret store is unavailable; try again")
+                })?;
+            deployment.secret_env.insert(name.clone(), reference);
+        } else {
+            deployment.env.insert(name.clone(), value.clone());
+        }
+    }
     deployment.allow_risky = request.allow_risky;
     let started = NewEvent {
         kind: SessionEventKind::DeploymentStarted,

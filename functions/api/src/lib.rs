@@ -27,6 +27,8 @@ pub const MAX_BODY: usize = 256 * 1024;
 pub struct AppState {
     pub ports: Ports,
     pub identity: Identity,
+    /// Where secret env values go; documents hold only references.
+    pub secrets: std::sync::Arc<dyn devgem_common::ports::secrets::Secrets>,
 }
 
 pub fn router(state: AppState) -> Router {

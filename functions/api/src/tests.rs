@@ -34,7 +34,11 @@ async fn fixture() -> Fixture {
     };
     let identity = Identity::new(store, clock);
     let admin_token = identity.ensure_admin(None).await.expect("admin").expect("created now");
-    Fixture { _dir: dir, state: AppState { ports, identity }, admin_token: admin_token.expose().to_owned() }
+    let secrets = Arc::new(devgem_infra::local::LocalSecrets::open(
+        dir.path().join("secrets.json"),
+        &dir.path().join("secrets.key"),
+    ));
+    Fixture { _dir: dir, state: AppState { ports, identity, secrets }, admin_token: admin_token.expose().to_owned() }
 }
 
 async fn call(

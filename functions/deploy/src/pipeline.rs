@@ -52,6 +52,10 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
         let name = EnvVarName::parse(name).map_err(|e| HandlerError::Poison(e.to_string()))?;
         env.insert(name, EnvValue::Plain(value.clone()));
     }
+    for (name, reference) in &deployment.secret_env {
+        let name = EnvVarName::parse(name).map_err(|e| HandlerError::Poison(e.to_string()))?;
+        env.insert(name, EnvValue::Secret(reference.clone()));
+    }
     let spec = RevisionSpec {
         owner: deployment.owner.clone(),
         service: deployment.service.clone(),

@@ -23,6 +23,7 @@ use devgem_common::events::log_entry::{LogEntry, MonitoredResource, Severity};
 use devgem_common::ids::{ServiceName, UserId};
 use devgem_common::ports::bus::{Bus, OutboundMessage};
 use devgem_common::ports::runtime::{EnvValue, RevisionInfo, RevisionSpec, Runtime, RuntimeError};
+use devgem_common::ports::secrets::{SecretRef, Secrets};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -43,11 +44,19 @@ struct RevisionRecord {
     owner: UserId,
     service: ServiceName,
     build_id: String,
-    /// Plain env values only; secret references are refused until the Secrets adapter exists.
-    env: Vec<(String, String)>,
+    /// Env values as given: secrets only as references, resolved when the process starts.
+    env: Vec<(String, StoredEnv)>,
     /// The port the app listens on, on loopback.
     port: u16,
     created_at: DateTime<Utc>,
+}
+
+/// An env value as a revision record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum StoredEnv {
+    Plain { value: String },
+    Secret { reference: SecretRef },
 }
 
 /// A revision's process, while it runs.
@@ -94,6 +103,7 @@ pub struct LocalRuntime {
 struct Inner {
     root: PathBuf,
     executor: Arc<Executor>,
+    secrets: Arc<dyn Secrets>,
     bus: Arc<dyn Bus>,
     clock: Arc<dyn Clock>,
     startup_timeout: Duration,
@@ -125,6 +135,7 @@ impl LocalRuntime {
     pub fn open(
         root: PathBuf,
         executor: Arc<Executor>,
+        secrets: Arc<dyn Secrets>,
         bus: Arc<dyn Bus>,
         clock: Arc<dyn Clock>,
         startup_timeout: Duration,
@@ -136,7 +147,8 @@ impl LocalRuntime {
             .unwrap_or_default();
         let state = State { routes, ..State::default() };
         let public_port = std::sync::atomic::AtomicU16::new(0);
-        let inner = Inner { root, executor, bus, clock, startup_timeout, public_port, state: Mutex::new(state) };
+        let inner =
+            Inner { root, executor, secrets, bus, clock, startup_timeout, public_port, state: Mutex::new(state) };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -341,7 +353,20 @@ async fn run_once(
         fail(ready, io_error(&upper, e));
         return None;
     }
-    let mut env = record.env.clone();
+    let mut env = Vec::new();
+    for (name, value) in &record.env {
+        match value {
+            StoredEnv::Plain { value } => env.push((name.clone(), value.clone())),
+            // Resolved for the process only: the value lives in its environment, nowhere else.
+            StoredEnv::Secret { reference } => match runtime.inner.secrets.access(reference).await {
+                Ok(secret) => env.push((name.clone(), secret.expose().to_owned())),
+                Err(e) => {
+                    fail(ready, RuntimeError::StartFailed(format!("the secret for {name} cannot be read: {e}")));
+                    return None;
+                }
+            },
+        }
+    }
     env.push(("PORT".to_owned(), record.port.to_string()));
     env.push(("K_SERVICE".to_owned(), record.service.to_string()));
     env.push(("K_REVISION".to_owned(), record.name.clone()));
@@ -452,17 +477,17 @@ impl Runtime for LocalRuntime {
     async fn create_revision(&self, spec: RevisionSpec) -> Result<RevisionInfo, RuntimeError> {
         let build_id = build_id_of(&spec.image)
             .ok_or_else(|| RuntimeError::Refused(format!("{} is not an image of the local builder", spec.image)))?;
-        let mut env = Vec::new();
-        for (name, value) in &spec.env {
-            match value {
-                EnvValue::Plain(v) => env.push((name.to_string(), v.clone())),
-                EnvValue::Secret(_) => {
-                    return Err(RuntimeError::Refused(format!(
-                        "{name} is a secret; the embedded default cannot resolve secret references yet"
-                    )));
-                }
-            }
-        }
+        let env = spec
+            .env
+            .iter()
+            .map(|(name, value)| {
+                let stored = match value {
+                    EnvValue::Plain(v) => StoredEnv::Plain { value: v.clone() },
+                    EnvValue::Secret(reference) => StoredEnv::Secret { reference: reference.clone() },
+                };
+                (name.to_string(), stored)
+            })
+            .collect();
         let name = match &spec.name {
             Some(name) => {
                 let valid = name.starts_with(&format!("{}-", spec.service))

@@ -39,9 +39,11 @@ fn fixture() -> Fixture {
 }
 
 fn runtime_on(data: &Path, executor: &Arc<Executor>, bus: &Arc<RecordingBus>) -> LocalRuntime {
+    let secrets = Arc::new(crate::local::LocalSecrets::open(data.join("secrets.json"), &data.with_extension("key")));
     LocalRuntime::open(
         data.join("runtime"),
         executor.clone(),
+        secrets,
         bus.clone(),
         Arc::new(SystemClock),
         Duration::from_secs(5),
@@ -200,4 +202,24 @@ async fn creating_a_named_revision_twice_returns_the_same_one() {
     let revisions = std::fs::read_dir(f.dir.path().join("data/runtime/revisions")).expect("dir").count();
     assert_eq!(revisions, 1, "no duplicate revision");
     runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn secret_env_values_reach_the_process_and_nothing_stored() {
+    use devgem_common::ports::secrets::{SecretValue, Secrets as _};
+    let f = fixture();
+    let data = f.dir.path().join("data");
+    let secrets = crate::local::LocalSecrets::open(data.join("secrets.json"), &data.with_extension("key"));
+    let reference = secrets.put("admin--web--API_SECRET", SecretValue::new("s3cr3t!")).await.expect("put");
+    let cmd =
+        "printf %s \"$API_SECRET\" | wc -c > /srv/len.txt; exec /usr/bin/python3 -m http.server $PORT --bind 0.0.0.0";
+    let image = image(&f, "s1", "x", Some(cmd)).await;
+    let mut spec = spec(image);
+    spec.env.insert(devgem_common::ids::EnvVarName::parse("API_SECRET").expect("name"), EnvValue::Secret(reference));
+    let revision = f.runtime.create_revision(spec).await.expect("starts");
+    assert_eq!(get(&format!("{}len.txt", revision.url)).await.map(|t| t.trim().to_owned()), Some("7".to_owned()));
+    let record = std::fs::read_to_string(data.join("runtime/revisions").join(&revision.name).join("revision.json"))
+        .expect("record");
+    assert!(!record.contains("s3cr3t!") && record.contains("admin--web--API_SECRET"), "{record}");
+    f.runtime.shutdown().await;
 }
