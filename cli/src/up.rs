@@ -256,7 +256,8 @@ impl App {
         }
         let janitor = crate::functions::janitor_state(&self.embedded);
         let task = tokio::spawn(async move {
-            let mut every = tokio::time::interval(JANITOR_EVERY);
+            // The first sweep waits a period: at start, redeliveries resume the pipeline first.
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + JANITOR_EVERY, JANITOR_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
