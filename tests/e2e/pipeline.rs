@@ -638,3 +638,16 @@ async fn secret_values_reach_the_app_and_are_stored_nowhere_in_plain_text() {
         );
     }
 }
+
+#[tokio::test]
+async fn go_flask_and_express_apps_deploy_and_answer() {
+    let app = spawn_app().await;
+    for (fixture, name) in [("go-stdlib", "goapp"), ("py-flask", "flaskapp"), ("node-express", "expressapp")] {
+        let repo = copy_fixture(fixture);
+        let (_, deployment) = deploy(&app, json!({ "source": repo.path(), "name": name })).await;
+        assert_eq!(deployment["state"], "live", "{fixture}: {deployment}");
+        let (status, body) = get_service(&app, name).await;
+        assert_eq!(status, 200, "{fixture}");
+        assert!(body.contains(&format!("devgem-fixture:{fixture}")), "{fixture} answered: {body}");
+    }
+}
