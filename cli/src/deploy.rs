@@ -192,6 +192,11 @@ async fn follow(api: &Api, body: &Value) -> anyhow::Result<Value> {
                         eprintln!("[{elapsed:5.1}s] {percent:>3}%");
                     }
                 }
+                Some("build_log") => {
+                    for line in event["data"]["lines"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                        eprintln!("           | {line}");
+                    }
+                }
                 Some("deployment_complete") => done = true,
                 _ => {}
             }

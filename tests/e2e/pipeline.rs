@@ -651,3 +651,36 @@ async fn go_flask_and_express_apps_deploy_and_answer() {
         assert!(body.contains(&format!("devgem-fixture:{fixture}")), "{fixture} answered: {body}");
     }
 }
+
+#[tokio::test]
+async fn build_output_streams_to_the_session_while_the_build_runs() {
+    let app = spawn_app().await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(repo.path().join("index.html"), "streamed").expect("write");
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "FROM debian:bookworm-slim\nRUN for i in 1 2 3 4; do echo progress-$i; sleep 0.5; done\nCOPY index.html /srv/\nWORKDIR /srv\nCMD [\"sh\", \"-c\", \"exec python3 -m http.server $PORT\"]\n",
+    )
+    .expect("write");
+    let (created, live) = deploy(&app, json!({ "source": repo.path(), "name": "streamer" })).await;
+    assert_eq!(live["state"], "live", "{live}");
+    let events = session_events(&app, created["session_id"].as_str().expect("session")).await;
+    let logs: Vec<&Value> = events.iter().filter(|e| e["type"] == "build_log").collect();
+    let lines: Vec<&str> = logs
+        .iter()
+        .flat_map(|e| e["data"]["lines"].as_array().into_iter().flatten().filter_map(Value::as_str))
+        .collect();
+    let progress: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("progress-")).collect();
+    assert_eq!(
+        progress,
+        ["progress-1", "progress-2", "progress-3", "progress-4"],
+        "every line, in order, once: {lines:?}"
+    );
+    let batch_of = |needle: &str| {
+        logs.iter().position(|e| e["data"]["lines"].as_array().is_some_and(|l| l.iter().any(|x| x == needle)))
+    };
+    assert!(batch_of("progress-1") < batch_of("progress-4"), "the lines went out while the build ran, in batches");
+    let complete = events.iter().position(|e| e["type"] == "deployment_complete").expect("complete");
+    let first_log = events.iter().position(|e| e["type"] == "build_log").expect("logs");
+    assert!(first_log < complete);
+}

@@ -10,6 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
@@ -223,6 +227,9 @@ pub struct Deployment {
     /// The built image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// How many lines of the build's log went out as `build_log` events (so none goes twice).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub build_log_sent: u64,
     /// The user accepted high-severity security findings for this deployment.
     #[serde(default)]
     pub allow_risky: bool,
@@ -276,6 +283,7 @@ impl Deployment {
             commit: None,
             plan: None,
             image: None,
+            build_log_sent: 0,
             allow_risky: false,
             nudged_at: None,
             created_at: now,

@@ -12,6 +12,7 @@ use devgem_common::ports::blobs::BlobsExt;
 use devgem_common::ports::builder::{BuildRequest, BuilderError, log_blob_key};
 use devgem_common::ports::bus::BusExt;
 use devgem_common::ports::source::SourceSpec;
+use devgem_common::ports::store::{NewEvent, SessionEventKind};
 use devgem_common::timeline::{self, failure, update};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -96,7 +97,62 @@ pub async fn on_build_requested(
     deployment.build_id = Some(build_id.clone());
     let events = vec![update(&deployment, Stage::Build, StageStatus::Running, format!("Build {build_id} started"))];
     timeline::save(store, &deployment, version, events).await?;
+    tokio::spawn(follow_log(state.clone(), deployment, build_id));
     Ok(())
+}
+
+/// How often a running build's new log lines go out, at most (one session event each time).
+const LOG_EVERY: Duration = Duration::from_millis(500);
+/// The most lines one `build_log` event carries.
+const LOG_BATCH: usize = 200;
+
+/// The build's log lines not yet sent, as `build_log` events, with the deployment's count of
+/// sent lines raised to match (the caller saves both in one transaction, so no line goes twice).
+async fn unsent_log(state: &AppState, deployment: &mut Deployment, build_id: &str) -> Vec<NewEvent> {
+    let from = usize::try_from(deployment.build_log_sent).unwrap_or(usize::MAX);
+    let lines = state.builder.log_lines(build_id, from).await.unwrap_or_default();
+    let events = lines
+        .chunks(LOG_BATCH)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let data = serde_json::json!({ "build_id": build_id, "first_line": from + i * LOG_BATCH, "lines": chunk });
+            timeline::event(deployment, SessionEventKind::BuildLog, data)
+        })
+        .collect();
+    deployment.build_log_sent += lines.len() as u64;
+    events
+}
+
+/// Streams a running build's log to the deployment's session as `build_log` events, batched
+/// every [`LOG_EVERY`], while the deployment is in the build stage. The completion handler sends
+/// what is left, in the same transaction as the stage change.
+pub async fn follow_log(state: AppState, deployment: Deployment, build_id: String) {
+    use devgem_common::ports::store::{StoreError, Write, to_data};
+    let store = state.ports.store.as_ref();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < BUILD_TIMEOUT {
+        tokio::time::sleep(LOG_EVERY).await;
+        let Ok(Some((mut current, version))) = timeline::load(store, &deployment.id).await else { return };
+        if current.state != DeploymentState::Building || current.build_id.as_deref() != Some(build_id.as_str()) {
+            return;
+        }
+        let events = unsent_log(&state, &mut current, &build_id).await;
+        if events.is_empty() {
+            continue;
+        }
+        let writes = |data| -> Result<Vec<Write>, StoreError> {
+            Ok(vec![
+                Write::Update { key: timeline::deployment_key(&current)?, expected_version: version, data },
+                Write::Append { session: current.session_id.clone(), owner: current.owner.clone(), events },
+            ])
+        };
+        // A conflict means the deployment moved: the next tick (or the completion) sends the lines.
+        if let Ok(data) = to_data(&current)
+            && let Ok(writes) = writes(data)
+        {
+            let _ = store.commit(writes).await;
+        }
+    }
 }
 
 pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotification) -> Result<(), HandlerError> {
@@ -105,7 +161,7 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
     // Builds that DevGem did not start (other builds of the project) are none of its business.
     let Some(tag) = notification.build.deployment_tag() else { return Ok(()) };
     let id = DeploymentId::parse(tag).map_err(|e| HandlerError::Poison(format!("build tag {tag}: {e}")))?;
-    let Some((mut deployment, version)) = timeline::load(store, &id).await? else {
+    let Some((mut deployment, mut version)) = timeline::load(store, &id).await? else {
         return Err(HandlerError::Poison(format!(
             "build {} names deployment {id}, which does not exist",
             notification.build_id
@@ -167,6 +223,10 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
                 fail.cause = FailureCause::Timeout;
             }
             fail.log_tail = log_tail(state, &notification.build_id).await;
+            let rest = unsent_log(state, &mut deployment, &notification.build_id).await;
+            if !rest.is_empty() {
+                version = timeline::save(store, &deployment, version, rest).await?;
+            }
             timeline::fail(store, &mut deployment, version, fail, now()).await?;
             Ok(())
         }

@@ -168,7 +168,8 @@ impl Builder for LocalBuilder {
             dockerignore: request.extra_files.get(".dockerignore").cloned(),
             log: Arc::new(move |line: LogLine| {
                 if let (Ok(mut file), Ok(json)) = (sink.lock(), serde_json::to_string(&line)) {
-                    let _ = writeln!(file, "{json}");
+                    // Flushed per line: the build function follows the file while the build runs.
+                    let _ = writeln!(file, "{json}").and_then(|()| file.flush());
                 }
             }),
             cancel,
@@ -205,6 +206,11 @@ impl Builder for LocalBuilder {
             }
         });
         Ok(BuildHandle { build_id, log_url: Some(log_url) })
+    }
+
+    async fn log_lines(&self, build_id: &str, from: usize) -> Result<Vec<String>, BuilderError> {
+        let lines = self.log(build_id).map_err(|_| BuilderError::NotFound(build_id.to_owned()))?;
+        Ok(lines.into_iter().skip(from).map(|line| line.text).collect())
     }
 
     async fn cancel(&self, build_id: &str) -> Result<(), BuilderError> {
