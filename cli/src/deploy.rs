@@ -158,6 +158,55 @@ pub async fn run(data_dir: &Path, args: DeployArgs) -> anyhow::Result<()> {
     outcome.map(|_| ())
 }
 
+/// How a deploy's progress is shown: a bar on a terminal, plain lines elsewhere (logs, CI, tests).
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines { last_percent: u64 },
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Progress::Lines { last_percent: 0 };
+        }
+        let bar = indicatif::ProgressBar::new(100);
+        let style =
+            indicatif::ProgressStyle::with_template("{elapsed_precise:.dim} [{bar:32.cyan/blue}] {pos:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress::Bar(bar)
+    }
+
+    fn line(&self, text: &str) {
+        match self {
+            Progress::Bar(bar) => bar.println(text),
+            Progress::Lines { .. } => eprintln!("{text}"),
+        }
+    }
+
+    fn percent(&mut self, percent: u64, stage: &str, elapsed: f64) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_position(percent);
+                bar.set_message(stage.replace('_', " "));
+            }
+            Progress::Lines { last_percent } if percent > *last_percent => {
+                *last_percent = percent;
+                eprintln!("[{elapsed:5.1}s] {percent:>3}%");
+            }
+            Progress::Lines { .. } => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Starts the deployment and prints its session's events until it ends. Returns the deployment.
 async fn follow(api: &Api, body: &Value) -> anyhow::Result<Value> {
     let created = api.call(reqwest::Method::POST, "/api/deployments", Some(body)).await?;
@@ -166,7 +215,7 @@ async fn follow(api: &Api, body: &Value) -> anyhow::Result<Value> {
     eprintln!("Deploying {} as {} (deployment {id})", body["source"].as_str().unwrap_or(""), created["service"]);
     let started = std::time::Instant::now();
     let mut after = 0u64;
-    let mut last_percent = 0u64;
+    let mut progress = Progress::new();
     loop {
         let events =
             api.call(reqwest::Method::GET, &format!("/api/sessions/{session}/events?after={after}"), None).await?;
@@ -179,22 +228,17 @@ async fn follow(api: &Api, body: &Value) -> anyhow::Result<Value> {
             let elapsed = started.elapsed().as_secs_f64();
             match event["type"].as_str() {
                 Some("deployment_update") => {
-                    eprintln!(
-                        "[{elapsed:5.1}s] {:<14} {}",
-                        event["data"]["stage"].as_str().unwrap_or(""),
-                        event["data"]["text"].as_str().unwrap_or("")
-                    );
+                    let stage = event["data"]["stage"].as_str().unwrap_or("");
+                    let text = event["data"]["text"].as_str().unwrap_or("");
+                    progress.line(&format!("[{elapsed:5.1}s] {stage:<14} {text}"));
                 }
                 Some("deployment_progress") => {
                     let percent = event["data"]["percent"].as_u64().unwrap_or(0);
-                    if percent > last_percent {
-                        last_percent = percent;
-                        eprintln!("[{elapsed:5.1}s] {percent:>3}%");
-                    }
+                    progress.percent(percent, event["data"]["stage"].as_str().unwrap_or("done"), elapsed);
                 }
                 Some("build_log") => {
                     for line in event["data"]["lines"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-                        eprintln!("           | {line}");
+                        progress.line(&format!("           | {line}"));
                     }
                 }
                 Some("deployment_complete") => done = true,
@@ -202,6 +246,7 @@ async fn follow(api: &Api, body: &Value) -> anyhow::Result<Value> {
             }
         }
         if done {
+            progress.finish();
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
