@@ -47,6 +47,28 @@ impl From<StoreError> for HandlerError {
     }
 }
 
+/// The push route of an event handler: decodes the push, runs `handler(state, payload)` (again at
+/// once on conflicts, see [`retry_conflicts`]) and answers with the status that acks, retries
+/// or rejects the delivery.
+pub async fn handle_event<T, S, F, Fut>(
+    store: &dyn Store,
+    now: DateTime<Utc>,
+    request: PushRequest,
+    state: S,
+    handler: F,
+) -> Response
+where
+    T: Decode + Clone,
+    S: Clone,
+    F: Fn(S, T) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    handle_push::<T, _, _>(store, now, request, |envelope| async move {
+        retry_conflicts(|| handler(state.clone(), envelope.payload.clone())).await
+    })
+    .await
+}
+
 /// Runs `attempt` again, up to 5 times, while it fails on a conflict: another handler moved the
 /// document first, and re-reading now is better than a redelivery's backoff (which would also
 /// hold back the messages ordered after this one).

@@ -120,3 +120,21 @@ pub async fn abort(
     let text = event(deployment, SessionEventKind::AiThought, json!({ "text": "Stopped, as you asked." }));
     save(store, deployment, version, vec![text]).await
 }
+
+/// Ends the deployment `id` as aborted, as it is now (re-reading on conflicts).
+pub async fn abort_latest(
+    store: &dyn Store,
+    id: &crate::ids::DeploymentId,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
+    let mut last = None;
+    for _ in 0..5 {
+        let Some((mut deployment, version)) = load(store, id).await? else { return Ok(()) };
+        match abort(store, &mut deployment, version, now).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| StoreError::Conflict { key: id.to_string(), reason: "too many attempts".into() }))
+}

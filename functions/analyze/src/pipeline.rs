@@ -55,16 +55,7 @@ pub async fn on_requested(state: &AppState, event: DeploymentRequested) -> Resul
 
 /// Records an abort on the deployment as it is now.
 async fn abort_now(state: &AppState, id: &devgem_common::ids::DeploymentId) -> Result<(), HandlerError> {
-    let store = state.ports.store.as_ref();
-    for _ in 0..5 {
-        let Some((mut deployment, version)) = timeline::load(store, id).await? else { return Ok(()) };
-        match timeline::abort(store, &mut deployment, version, state.ports.clock.now()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(HandlerError::Transient("the deployment kept changing while it was being aborted".into()))
+    Ok(timeline::abort_latest(state.ports.store.as_ref(), id, state.ports.clock.now()).await?)
 }
 
 /// `dev.devgem.deployment.abort.v1` on `control`: stops the analysis running here, or ends a

@@ -16,7 +16,7 @@ use devgem_common::envelope::PushRequest;
 use devgem_common::events::cloud_build::CloudBuildNotification;
 use devgem_common::events::{BuildRequested, ControlEvent};
 use devgem_common::function::health_router;
-use devgem_common::handler::{handle_push, retry_conflicts};
+use devgem_common::handler::handle_event;
 use devgem_common::ports::Ports;
 use devgem_common::ports::builder::Builder;
 use std::sync::Arc;
@@ -49,28 +49,25 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn push_build(State(state): State<AppState>, request: PushRequest) -> Response {
-    let store = state.ports.store.clone();
-    handle_push::<BuildRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
-        retry_conflicts(|| pipeline::on_build_requested(&state, envelope.payload.clone())).await
+    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
+    handle_event::<BuildRequested, _, _, _>(store.as_ref(), now, request, state, |s, e| async move {
+        pipeline::on_build_requested(&s, e).await
     })
     .await
 }
 
 async fn push_cloud_build(State(state): State<AppState>, request: PushRequest) -> Response {
-    let store = state.ports.store.clone();
-    handle_push::<CloudBuildNotification, _, _>(
-        store.as_ref(),
-        state.ports.clock.now(),
-        request,
-        |envelope| async move { retry_conflicts(|| pipeline::on_cloud_build(&state, envelope.payload.clone())).await },
-    )
+    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
+    handle_event::<CloudBuildNotification, _, _, _>(store.as_ref(), now, request, state, |s, e| async move {
+        pipeline::on_cloud_build(&s, e).await
+    })
     .await
 }
 
 async fn push_control(State(state): State<AppState>, request: PushRequest) -> Response {
-    let store = state.ports.store.clone();
-    handle_push::<ControlEvent, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
-        retry_conflicts(|| pipeline::on_control(&state, envelope.payload.clone())).await
+    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
+    handle_event::<ControlEvent, _, _, _>(store.as_ref(), now, request, state, |s, e| async move {
+        pipeline::on_control(&s, e).await
     })
     .await
 }

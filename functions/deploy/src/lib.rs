@@ -16,7 +16,7 @@ use devgem_common::cancel::Cancels;
 use devgem_common::envelope::PushRequest;
 use devgem_common::events::{ControlEvent, ReleaseRequested};
 use devgem_common::function::health_router;
-use devgem_common::handler::{handle_push, retry_conflicts};
+use devgem_common::handler::handle_event;
 use devgem_common::ports::Ports;
 use devgem_common::ports::runtime::Runtime;
 use std::sync::Arc;
@@ -48,17 +48,17 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn push_release(State(state): State<AppState>, request: PushRequest) -> Response {
-    let store = state.ports.store.clone();
-    handle_push::<ReleaseRequested, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
-        retry_conflicts(|| pipeline::on_release(&state, envelope.payload.clone())).await
+    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
+    handle_event::<ReleaseRequested, _, _, _>(store.as_ref(), now, request, state, |s, e| async move {
+        pipeline::on_release(&s, e).await
     })
     .await
 }
 
 async fn push_control(State(state): State<AppState>, request: PushRequest) -> Response {
-    let store = state.ports.store.clone();
-    handle_push::<ControlEvent, _, _>(store.as_ref(), state.ports.clock.now(), request, |envelope| async move {
-        retry_conflicts(|| pipeline::on_control(&state, envelope.payload.clone())).await
+    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
+    handle_event::<ControlEvent, _, _, _>(store.as_ref(), now, request, state, |s, e| async move {
+        pipeline::on_control(&s, e).await
     })
     .await
 }

@@ -76,18 +76,12 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
 /// that served before keeps serving.
 async fn abort_now(state: &AppState, id: &devgem_common::ids::DeploymentId) -> Result<(), HandlerError> {
     let store = state.ports.store.as_ref();
-    for _ in 0..5 {
-        let Some((mut deployment, version)) = timeline::load(store, id).await? else { return Ok(()) };
+    if let Some((deployment, _)) = timeline::load(store, id).await? {
         // The runtime refuses to delete a revision that serves, so this never removes a live one.
         let revision = revision_name(&deployment);
         let _ = state.runtime.delete_revision(&deployment.owner, &deployment.service, &revision).await;
-        match timeline::abort(store, &mut deployment, version, state.ports.clock.now()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
     }
-    Err(HandlerError::Transient("the deployment kept changing while it was being aborted".into()))
+    Ok(timeline::abort_latest(store, id, state.ports.clock.now()).await?)
 }
 
 /// `dev.devgem.deployment.abort.v1` on `control`: stops the release running here, or ends a
