@@ -684,3 +684,51 @@ async fn build_output_streams_to_the_session_while_the_build_runs() {
     let first_log = events.iter().position(|e| e["type"] == "build_log").expect("logs");
     assert!(first_log < complete);
 }
+
+#[tokio::test]
+async fn devgem_deploy_without_a_server_runs_one_and_serves_until_interrupted() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().expect("tempdir");
+    let repo = copy_fixture("static-site");
+    let mut child = std::process::Command::new(crate::support::devgem_bin())
+        .arg("--data-dir")
+        .arg(data.path().join("data"))
+        .arg("deploy")
+        .arg(repo.path())
+        .args(["--name", "solo"])
+        .env_remove("DEVGEM_SERVER")
+        .env_remove("DEVGEM_TOKEN")
+        .env("DEVGEM_SECRETS_KEY_FILE", data.path().join("secrets.key"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run devgem deploy");
+    let stdout = child.stdout.take().expect("stdout");
+    let url = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next().and_then(Result::ok))
+        .await
+        .expect("joins")
+        .expect("the URL on stdout");
+    let port = url.trim_end_matches('/').rsplit(':').next().expect("port").to_owned();
+    assert_eq!(url, format!("http://solo.localhost:{port}/"));
+    let body = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", format!("solo.localhost:{port}"))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains("devgem-fixture:static-site"), "served while the command runs: {body}");
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "did not stop on Ctrl-C");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+}
