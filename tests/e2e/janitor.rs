@@ -159,6 +159,13 @@ async fn pruning_keeps_the_newest_the_serving_and_the_rollback_target() {
     assert_eq!(service["traffic"]["rollback_target"], names[0].as_str());
     let revisions = std::fs::read_dir(app.embedded.data_dir.join("runtime/revisions")).expect("dir").count();
     assert_eq!(revisions, 5);
+    // Builds: the newest three deployments' stay, and so do the images of the remaining
+    // revisions (releases 1 and 2); release 3's build goes with its revision.
+    assert_eq!(report.pruned_builds.len(), 1, "{report:?}");
+    let builds = std::fs::read_dir(app.embedded.data_dir.join("builder/builds")).expect("dir").count();
+    assert_eq!(builds, 5);
+    let again = sweep(&janitor(&app, Duration::from_secs(600))).await.expect("sweep");
+    assert!(again.pruned_builds.is_empty() && again.pruned_revisions.is_empty(), "nothing twice: {again:?}");
 }
 
 #[test]
@@ -172,7 +179,10 @@ fn serve_janitor_once_runs_one_sweep_and_prints_its_report() {
         .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
-    assert_eq!(report, json!({ "nudged": [], "failed": [], "pruned_revisions": [], "pruned_ledger_entries": 0 }));
+    assert_eq!(
+        report,
+        json!({ "nudged": [], "failed": [], "pruned_revisions": [], "pruned_builds": [], "pruned_ledger_entries": 0 })
+    );
     let out = std::process::Command::new(crate::support::devgem_bin())
         .arg("--data-dir")
         .arg(data.path())

@@ -49,6 +49,9 @@ pub trait Builder: Send + Sync + std::fmt::Debug {
     async fn submit(&self, request: BuildRequest) -> Result<BuildHandle, BuilderError>;
     /// Cancels a running build; its completion event then reports `CANCELLED`.
     async fn cancel(&self, build_id: &str) -> Result<(), BuilderError>;
+    /// Removes a finished build's artifacts (the local builder: its directory, staged sources and
+    /// log). Refused while it runs. Returns whether there was anything to remove.
+    async fn delete_build(&self, build_id: &str) -> Result<bool, BuilderError>;
     /// The build's log lines from line `from` (0-based) on, as far as they are written: callers
     /// follow a running build by asking again from where they stopped.
     async fn log_lines(&self, build_id: &str, from: usize) -> Result<Vec<String>, BuilderError>;

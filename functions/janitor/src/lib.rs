@@ -7,7 +7,7 @@
 //!   event published again (once); if it still has not moved a deadline later, it fails with the
 //!   cause. A build that does not report back within its deadline is cancelled and failed.
 //! - Revisions beyond the newest few of each service are deleted, never the serving one or the
-//!   rollback target.
+//!   rollback target; so are the builds of older deployments whose image no revision runs.
 //! - Ledger entries (`processed/`) older than a week are deleted.
 
 pub mod sweep;

@@ -19,6 +19,8 @@ pub struct Report {
     /// Deployments failed because they stopped moving.
     pub failed: Vec<String>,
     pub pruned_revisions: Vec<String>,
+    /// Builds whose artifacts were removed.
+    pub pruned_builds: Vec<String>,
     pub pruned_ledger_entries: usize,
 }
 
@@ -41,6 +43,7 @@ pub async fn sweep(state: &AppState) -> Result<Report, StoreError> {
         }
     }
     prune_revisions(state, &mut report).await?;
+    prune_builds(state, &mut report).await?;
     prune_ledger(state, &mut report).await?;
     Ok(report)
 }
@@ -187,6 +190,37 @@ async fn prune_ledger(state: &AppState, report: &mut Report) -> Result<(), Store
                 Ok(_) => report.pruned_ledger_entries += 1,
                 Err(e) if e.is_conflict() => {}
                 Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the builds of a service's older deployments: the newest few deployments' builds stay,
+/// and so does every build whose image a remaining revision runs (the serving one, the rollback
+/// target).
+async fn prune_builds(state: &AppState, report: &mut Report) -> Result<(), StoreError> {
+    use devgem_common::ports::store::Order;
+    let store = state.ports.store.as_ref();
+    for doc in store.query(&Scope::All, &Query::collection("services").limit(1000)).await? {
+        let Ok(service) = doc.parse::<Service>() else { continue };
+        let query = Query::collection("deployments")
+            .filter("owner", service.owner.as_str())
+            .filter("service", service.name.as_str())
+            .order_by("created_at", Order::Descending)
+            .limit(1000);
+        let deployments: Vec<Deployment> =
+            store.query(&Scope::All, &query).await?.iter().filter_map(|d| d.parse().ok()).collect();
+        let images_in_use: Vec<&str> = service.revisions.iter().map(|r| r.image.as_str()).collect();
+        for deployment in deployments.iter().skip(state.keep_revisions) {
+            let (Some(build_id), true) = (&deployment.build_id, deployment.state.is_terminal()) else { continue };
+            if deployment.image.as_deref().is_some_and(|image| images_in_use.contains(&image)) {
+                continue;
+            }
+            match state.builder.delete_build(build_id).await {
+                Ok(true) => report.pruned_builds.push(build_id.clone()),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%build_id, error = %e, "a build was not removed"),
             }
         }
     }

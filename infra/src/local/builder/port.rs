@@ -208,6 +208,25 @@ impl Builder for LocalBuilder {
         Ok(BuildHandle { build_id, log_url: Some(log_url) })
     }
 
+    async fn delete_build(&self, build_id: &str) -> Result<bool, BuilderError> {
+        if running(&self.inner).contains_key(build_id) {
+            return Err(BuilderError::Refused(format!("build {build_id} is running")));
+        }
+        if build_id.is_empty() || build_id.contains(['/', '.']) {
+            return Err(BuilderError::Refused(format!("{build_id:?} is not a build id")));
+        }
+        let dir = self.inner.executor.build_dir(build_id);
+        let removed = match std::fs::remove_dir_all(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(BuilderError::Unavailable(format!("{}: {e}", dir.display()))),
+        };
+        if let Some(key) = log_blob_key(build_id) {
+            let _ = self.inner.blobs.delete(&key).await;
+        }
+        Ok(removed)
+    }
+
     async fn log_lines(&self, build_id: &str, from: usize) -> Result<Vec<String>, BuilderError> {
         let lines = self.log(build_id).map_err(|_| BuilderError::NotFound(build_id.to_owned()))?;
         Ok(lines.into_iter().skip(from).map(|line| line.text).collect())
