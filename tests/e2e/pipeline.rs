@@ -732,3 +732,24 @@ async fn devgem_deploy_without_a_server_runs_one_and_serves_until_interrupted() 
     };
     assert!(exit.success(), "{exit}");
 }
+
+#[tokio::test]
+async fn a_start_that_stops_on_a_missing_variable_names_it() {
+    let app = spawn_app().await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    // The name is built at run time, so the analyzer cannot see it; the app's error names it.
+    std::fs::write(
+        repo.path().join("app.py"),
+        "import os\nfrom http.server import HTTPServer, SimpleHTTPRequestHandler\n\nif __name__ == \"__main__\":\n    token = os.environ[\"_\".join([\"PAYMENT\", \"GATEWAY\"])]\n    HTTPServer((\"0.0.0.0\", int(os.environ.get(\"PORT\", \"8080\"))), SimpleHTTPRequestHandler).serve_forever()\n",
+    )
+    .expect("write");
+    std::fs::write(repo.path().join("requirements.txt"), "# none\n").expect("write");
+    let (_, failed) = deploy(&app, json!({ "source": repo.path(), "name": "payments" })).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["failure"]["cause"], "missing_env");
+    assert_eq!(failed["failure"]["stage"], "deploy");
+    assert!(
+        failed["failure"]["message"].as_str().is_some_and(|m| m.contains("PAYMENT_GATEWAY has no value")),
+        "{failed}"
+    );
+}

@@ -3,7 +3,7 @@
 //! repeated, and a deployment that is already live or failed is left alone.
 
 use crate::AppState;
-use crate::repair::{MAX_REPAIRS, diagnose};
+use crate::repair::{MAX_REPAIRS, diagnose, missing_env};
 use devgem_common::events::ReleaseRequested;
 use devgem_common::handler::HandlerError;
 use devgem_common::ids::EnvVarName;
@@ -143,11 +143,20 @@ async fn release(
                     version = timeline::save(store, deployment, version, events).await?;
                     continue;
                 }
-                let mut fail = failure(
-                    FailureCause::StartFailed,
-                    Stage::Deploy,
-                    format!("the new revision did not start: {why}. The previous revision, if any, keeps serving"),
-                );
+                let mut fail = match missing_env(&why) {
+                    Some(name) => failure(
+                        FailureCause::MissingEnv,
+                        Stage::Deploy,
+                        format!(
+                            "the app stopped because {name} has no value; deploy again with --env {name}=... (or --secret). The previous revision, if any, keeps serving"
+                        ),
+                    ),
+                    None => failure(
+                        FailureCause::StartFailed,
+                        Stage::Deploy,
+                        format!("the new revision did not start: {why}. The previous revision, if any, keeps serving"),
+                    ),
+                };
                 fail.log_tail = start_log(state, &deployment.owner, &deployment.service).await;
                 timeline::fail(store, deployment, version, fail, now()).await?;
                 return Ok(());

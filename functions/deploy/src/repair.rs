@@ -23,6 +23,20 @@ static LISTENING: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap_or_else(|e| unreachable!("invalid built-in pattern: {e}"))
 });
 
+static MISSING_ENV: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r#"KeyError: '(?P<py>[A-Z][A-Z0-9_]*)'|(?i:environment variable|env var)\S*\s+["'`]?(?P<named>[A-Z][A-Z0-9_]{2,})["'`]?\s+(?i:is not set|is missing|is required|not set|must be set)|(?i:missing|required)\s+(?i:environment variable|env var)s?:?\s+["'`]?(?P<after>[A-Z][A-Z0-9_]{2,})"#,
+    )
+    .unwrap_or_else(|e| unreachable!("invalid built-in pattern: {e}"))
+});
+
+/// The env variable a start failure says is missing, if it says so: nothing DevGem can repair
+/// by itself, but the user can, given the name.
+pub fn missing_env(failure: &str) -> Option<String> {
+    let captures = MISSING_ENV.captures(failure)?;
+    ["py", "named", "after"].iter().find_map(|g| captures.name(g)).map(|m| m.as_str().to_owned())
+}
+
 /// Reads a start failure (with the app's last lines) for the port the app really listens on.
 pub fn diagnose(failure: &str, expected_port: u16) -> Option<Repair> {
     if !failure.contains("did not listen") {
@@ -65,6 +79,22 @@ mod tests {
         }
         let loopback = diagnose(&timeout(" * Running on http://127.0.0.1:5000"), 41234).expect("found");
         assert!(loopback.reason.contains("bind 0.0.0.0"), "{}", loopback.reason);
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let exited = |line: &str| format!("the app exited with status 1 before listening: {line}");
+        assert_eq!(missing_env(&exited("KeyError: 'STRIPE_KEY'")).as_deref(), Some("STRIPE_KEY"));
+        assert_eq!(
+            missing_env(&exited("Error: environment variable DATABASE_URL is not set")).as_deref(),
+            Some("DATABASE_URL")
+        );
+        assert_eq!(
+            missing_env(&exited("Missing required environment variable: API_TOKEN")).as_deref(),
+            Some("API_TOKEN")
+        );
+        assert_eq!(missing_env(&exited("KeyError: 'name'")), None, "a dict key, not a variable");
+        assert_eq!(missing_env(&exited("TypeError: x is not a function")), None);
     }
 
     #[test]
