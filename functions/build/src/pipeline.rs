@@ -184,6 +184,11 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
             if raised || adopting {
                 timeline::save(store, &deployment, version, Vec::new()).await?;
             }
+            // The submit's handler follows the log once it has saved the id; having saved it here
+            // first, this handler does (the submit's then finds the id and stops).
+            if adopting {
+                tokio::spawn(follow_log(state.clone(), deployment, notification.build_id));
+            }
             Ok(())
         }
         BuildStatus::Success if deployment.abort_requested => {
@@ -196,11 +201,12 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
                     HandlerError::Poison(format!("build {} succeeded without an image", notification.build_id))
                 })?;
                 deployment.image = Some(image);
+                // The log lines the follower has not sent go out with the stage change.
+                let mut events = unsent_log(state, &mut deployment, &notification.build_id).await;
                 deployment.set_stage(Stage::Build, StageStatus::Done, None, now());
                 deployment.advance(DeploymentState::Deploying, now()).map_err(internal)?;
                 deployment.set_stage(Stage::Deploy, StageStatus::Running, None, now());
-                let events =
-                    vec![update(&deployment, Stage::Deploy, StageStatus::Running, "Starting the new revision")];
+                events.push(update(&deployment, Stage::Deploy, StageStatus::Running, "Starting the new revision"));
                 timeline::save(store, &deployment, version, events).await?;
             }
             if deployment.state == DeploymentState::Deploying {
