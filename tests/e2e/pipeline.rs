@@ -753,3 +753,26 @@ async fn a_start_that_stops_on_a_missing_variable_names_it() {
         "{failed}"
     );
 }
+
+#[tokio::test]
+async fn a_start_command_whose_program_is_missing_is_explained() {
+    let app = spawn_app().await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(repo.path().join("app.py"), "app = None\n").expect("write");
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "FROM python:3.11-slim\nWORKDIR /app\nCOPY app.py .\nCMD [\"sh\", \"-c\", \"exec gunicorn --bind 0.0.0.0:$PORT app:app\"]\n",
+    )
+    .expect("write");
+    let (_, failed) = deploy(&app, json!({ "source": repo.path(), "name": "nogunicorn" })).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["failure"]["cause"], "start_failed");
+    let message = failed["failure"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("runs gunicorn, which is not installed") && message.contains("requirements.txt"),
+        "{message}"
+    );
+    let tail: Vec<&str> =
+        failed["failure"]["log_tail"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(tail.iter().any(|l| l.contains("gunicorn: not found")), "the app's own words are kept: {tail:?}");
+}

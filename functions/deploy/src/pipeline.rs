@@ -3,7 +3,7 @@
 //! repeated, and a deployment that is already live or failed is left alone.
 
 use crate::AppState;
-use crate::repair::{MAX_REPAIRS, diagnose, missing_env};
+use crate::repair::{MAX_REPAIRS, diagnose, explain, missing_env};
 use devgem_common::events::ReleaseRequested;
 use devgem_common::handler::HandlerError;
 use devgem_common::ids::EnvVarName;
@@ -154,10 +154,21 @@ async fn release(
                     None => failure(
                         FailureCause::StartFailed,
                         Stage::Deploy,
-                        format!("the new revision did not start: {why}. The previous revision, if any, keeps serving"),
+                        match explain(&why) {
+                            Some(explained) => format!(
+                                "the new revision did not start: {explained}. The previous revision, if any, keeps serving"
+                            ),
+                            None => format!(
+                                "the new revision did not start: {why}. The previous revision, if any, keeps serving"
+                            ),
+                        },
                     ),
                 };
                 fail.log_tail = start_log(state, &deployment.owner, &deployment.service).await;
+                if fail.log_tail.is_empty() {
+                    // A revision that never started leaves no logs behind; its error quotes them.
+                    fail.log_tail = quoted_lines(&why);
+                }
                 timeline::fail(store, deployment, version, fail, now()).await?;
                 return Ok(());
             }
@@ -203,6 +214,12 @@ async fn release(
     let events = vec![update(deployment, Stage::Deploy, StageStatus::Done, format!("Live at {url}"))];
     timeline::save(store, deployment, version, events).await?;
     Ok(())
+}
+
+/// The app's last lines as a start failure quotes them ("...: line | line").
+fn quoted_lines(why: &str) -> Vec<String> {
+    let quoted = why.rsplit_once("Its last lines: ").or_else(|| why.split_once("before listening: ")).map(|(_, l)| l);
+    quoted.map(|lines| lines.split(" | ").map(str::to_owned).filter(|l| l != "none").collect()).unwrap_or_default()
 }
 
 async fn start_log(

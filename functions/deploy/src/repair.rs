@@ -37,6 +37,66 @@ pub fn missing_env(failure: &str) -> Option<String> {
     ["py", "named", "after"].iter().find_map(|g| captures.name(g)).map(|m| m.as_str().to_owned())
 }
 
+static MISSING_LIBRARY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?P<lib>lib[A-Za-z0-9_+.-]*?\.so(?:\.[0-9]+)*): cannot open shared object file")
+        .unwrap_or_else(|e| unreachable!("invalid built-in pattern: {e}"))
+});
+
+static MISSING_PROGRAM: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?:exec: |sh: \d+: |/bin/sh: \d+: )?(?P<program>[A-Za-z0-9_.+-]+): (?:not found|No such file or directory)",
+    )
+    .unwrap_or_else(|e| unreachable!("invalid built-in pattern: {e}"))
+});
+
+/// Debian packages of the shared libraries apps most often miss.
+const LIBRARY_PACKAGES: &[(&str, &str)] = &[
+    ("libGL.so.1", "libgl1"),
+    ("libglib-2.0.so.0", "libglib2.0-0"),
+    ("libgthread-2.0.so.0", "libglib2.0-0"),
+    ("libpq.so.5", "libpq5"),
+    ("libssl.so.3", "libssl3"),
+    ("libcrypto.so.3", "libssl3"),
+    ("libffi.so.8", "libffi8"),
+    ("libjpeg.so.62", "libjpeg62-turbo"),
+    ("libz.so.1", "zlib1g"),
+    ("libgomp.so.1", "libgomp1"),
+    ("libsqlite3.so.0", "libsqlite3-0"),
+    ("libxml2.so.2", "libxml2"),
+    ("libcairo.so.2", "libcairo2"),
+    ("libmagic.so.1", "libmagic1"),
+    ("libSM.so.6", "libsm6"),
+    ("libXext.so.6", "libxext6"),
+    ("libXrender.so.1", "libxrender1"),
+];
+
+/// A start failure in plain words with what to do, when its output says why: a shared library
+/// or a program the image lacks. DevGem cannot change the host's packages or the app's
+/// dependencies itself, so this explains rather than repairs.
+pub fn explain(failure: &str) -> Option<String> {
+    if let Some(captures) = MISSING_LIBRARY.captures(failure) {
+        let library = &captures["lib"];
+        let package = LIBRARY_PACKAGES.iter().find(|(lib, _)| *lib == library).map(|(_, p)| *p);
+        return Some(match package {
+            Some(package) => format!(
+                "the app needs the system library {library} (Debian package {package}); add `{package}` to the Dockerfile's apt-get install line, or install it on this machine"
+            ),
+            None => format!(
+                "the app needs the system library {library}, which the image lacks; install the Debian package that provides it (apt-file search {library})"
+            ),
+        });
+    }
+    let program = MISSING_PROGRAM.captures(failure)?.name("program")?.as_str().to_owned();
+    let hint = match program.as_str() {
+        "gunicorn" | "uvicorn" | "streamlit" | "flask" | "celery" => format!("add {program} to requirements.txt"),
+        "node" | "npm" | "python" | "python3" | "java" | "ruby" | "php" => {
+            "check that the Dockerfile's base image provides it".to_owned()
+        }
+        _ => "check the start command, or install the program in the Dockerfile".to_owned(),
+    };
+    Some(format!("the start command runs {program}, which is not installed in the image; {hint}"))
+}
+
 /// Reads a start failure (with the app's last lines) for the port the app really listens on.
 pub fn diagnose(failure: &str, expected_port: u16) -> Option<Repair> {
     if !failure.contains("did not listen") {
@@ -95,6 +155,24 @@ mod tests {
         );
         assert_eq!(missing_env(&exited("KeyError: 'name'")), None, "a dict key, not a variable");
         assert_eq!(missing_env(&exited("TypeError: x is not a function")), None);
+    }
+
+    #[test]
+    fn missing_libraries_and_programs_are_explained() {
+        let exited = |line: &str| format!("the app exited with status 1 before listening: {line}");
+        let opencv =
+            explain(&exited("ImportError: libGL.so.1: cannot open shared object file: No such file or directory"));
+        assert!(opencv.as_deref().is_some_and(|m| m.contains("libGL.so.1") && m.contains("libgl1")), "{opencv:?}");
+        let unknown = explain(&exited(
+            "./app: error while loading shared libraries: libfoo.so.3: cannot open shared object file",
+        ));
+        assert!(unknown.as_deref().is_some_and(|m| m.contains("apt-file search libfoo.so.3")), "{unknown:?}");
+        let gunicorn = explain("the app exited with status 127 before listening: sh: 1: exec: gunicorn: not found");
+        assert!(
+            gunicorn.as_deref().is_some_and(|m| m.contains("runs gunicorn") && m.contains("requirements.txt")),
+            "{gunicorn:?}"
+        );
+        assert_eq!(explain(&exited("ValueError: bad config")), None);
     }
 
     #[test]
