@@ -24,6 +24,7 @@
 
 pub mod cancel;
 pub mod clock;
+pub mod deployments;
 pub mod dockerfile;
 pub mod envelope;
 pub mod events;

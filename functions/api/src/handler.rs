@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use devgem_common::deployments::Started;
 use devgem_common::handler::ApiError;
 use devgem_common::identity::Caller;
 use devgem_common::ids::{DeploymentId, SessionId, UserId};
@@ -157,111 +158,38 @@ pub struct NewDeploymentRequest {
     session_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct DeploymentCreated {
-    deployment_id: DeploymentId,
-    session_id: SessionId,
-    service: devgem_common::ids::ServiceName,
-}
-
-/// Env names whose values are secrets by their look: given as plain env, they are stored as
-/// secrets all the same.
-fn looks_secret(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "PRIVATE", "API_KEY", "APIKEY", "DATABASE_URL", "CREDENTIAL"]
-        .iter()
-        .any(|needle| upper.contains(needle))
-}
-
 /// `POST /api/deployments`: records a deployment and starts its pipeline.
 pub async fn create_deployment(
     State(state): State<AppState>,
     caller: Caller,
     correlation: Option<axum::Extension<devgem_common::ids::CorrelationId>>,
     body: Result<Json<NewDeploymentRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<DeploymentCreated>), ApiError> {
-    use devgem_common::events::{DeploymentRequested, EventContext};
-    use devgem_common::ports::bus::BusExt;
-    use devgem_common::ports::source::{SourceLocation, SourceSpec};
-    use devgem_common::ports::store::{NewEvent, SessionEventKind, Write, to_data};
+) -> Result<(StatusCode, Json<Started>), ApiError> {
+    use devgem_common::deployments::{StartError, StartRequest, start};
     let request = json_body(body)?;
-    let raw = request.source.trim();
-    let location = if raw.contains("://") || raw.starts_with("git@") {
-        SourceLocation::Git { url: raw.to_owned() }
-    } else if raw.starts_with('/') {
-        SourceLocation::Local { path: raw.into() }
-    } else {
-        return Err(ApiError::bad_request(format!(
-            "{raw:?} is neither an https git URL nor an absolute directory path"
-        )));
-    };
-    let derived_from = raw.trim_end_matches('/').trim_end_matches(".git").rsplit('/').next().unwrap_or(raw);
-    let service = match &request.name {
-        Some(name) => parse(devgem_common::ids::ServiceName::parse(name))?,
-        None => devgem_common::ids::ServiceName::derive_from(derived_from),
-    };
-    for name in request.env.keys().chain(request.secrets.keys()) {
-        parse(devgem_common::ids::EnvVarName::parse(name))?;
-    }
-    let session_id = match &request.session_id {
-        Some(id) => parse(SessionId::parse(id))?,
-        None => SessionId::generate(),
+    let session_id = request
+        .session_id
+        .as_deref()
+        .map(SessionId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let start_request = StartRequest {
+        source: request.source,
+        git_ref: request.git_ref,
+        name: request.name,
+        env: request.env,
+        secrets: request.secrets,
+        allow_risky: request.allow_risky,
+        session_id,
     };
     let correlation_id = correlation.map(|c| c.0).unwrap_or_else(devgem_common::ids::CorrelationId::generate);
-    let now = state.ports.clock.now();
-    let mut deployment = Deployment::new(
-        devgem_common::model::deployment::NewDeployment {
-            id: DeploymentId::generate(),
-            owner: caller.user_id.clone(),
-            session_id: session_id.clone(),
-            correlation_id: correlation_id.clone(),
-            source: SourceSpec { location, git_ref: request.git_ref.clone() },
-            service: service.clone(),
-        },
-        now,
-    );
-    for (name, value) in request.env.iter().chain(&request.secrets) {
-        if request.secrets.contains_key(name) || looks_secret(name) {
-            let secret_name = format!("{}--{}--{name}", caller.user_id, service);
-            let reference = state
-                .secrets
-                .put(&secret_name, devgem_common::ports::secrets::SecretValue::new(value.clone()))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "a secret was not stored");
-                    ApiError::unavailable("the secret store is unavailable; try again")
-                })?;
-            deployment.secret_env.insert(name.clone(), reference);
-        } else {
-            deployment.env.insert(name.clone(), value.clone());
-        }
+    match start(&state.ports, state.secrets.as_ref(), &caller.user_id, correlation_id, start_request, crate::NAME).await
+    {
+        Ok(started) => Ok((StatusCode::CREATED, Json(started))),
+        Err(StartError::Invalid(message)) => Err(ApiError::bad_request(message)),
+        Err(StartError::Unavailable(message)) => Err(ApiError::unavailable(&message)),
+        Err(StartError::Store(e)) => Err(e.into()),
     }
-    deployment.allow_risky = request.allow_risky;
-    let started = NewEvent {
-        kind: SessionEventKind::DeploymentStarted,
-        correlation_id: correlation_id.clone(),
-        data: serde_json::json!({ "deployment_id": deployment.id, "service": service, "source": raw }),
-    };
-    let writes = vec![
-        Write::Create {
-            key: DocKey::new("deployments", deployment.id.as_str())?,
-            owner: caller.user_id.clone(),
-            data: to_data(&deployment)?,
-        },
-        Write::Append { session: session_id.clone(), owner: caller.user_id.clone(), events: vec![started] },
-    ];
-    state.ports.store.commit(writes).await?;
-    let event = DeploymentRequested {
-        deployment_id: deployment.id.clone(),
-        owner: caller.user_id.clone(),
-        session_id: session_id.clone(),
-    };
-    let ctx = EventContext::new(crate::NAME, correlation_id);
-    state.ports.bus.publish_event(&event, &ctx, now).await.map_err(|e| {
-        tracing::error!(error = %e, "the deployment request was not published");
-        ApiError::unavailable("the deployment is recorded but could not be started; try again")
-    })?;
-    Ok((StatusCode::CREATED, Json(DeploymentCreated { deployment_id: deployment.id, session_id, service })))
 }
 
 /// `POST /api/deployments/{id}/abort`: asks every stage to stop the deployment.

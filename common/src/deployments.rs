@@ -1,0 +1,139 @@
+//! Starting a deployment on a user's behalf: the one way the API and the chat do it. The
+//! deployment document and its session's `deployment_started` event are written together, then
+//! `deployment.requested` is published; secret env values go to the Secrets port first.
+
+use crate::events::{DeploymentRequested, EventContext};
+use crate::ids::{CorrelationId, DeploymentId, EnvVarName, ServiceName, SessionId, UserId};
+use crate::model::deployment::{Deployment, NewDeployment};
+use crate::ports::Ports;
+use crate::ports::bus::BusExt;
+use crate::ports::secrets::{SecretValue, Secrets};
+use crate::ports::source::{SourceLocation, SourceSpec};
+use crate::ports::store::{DocKey, NewEvent, SessionEventKind, StoreError, Write, to_data};
+use std::collections::BTreeMap;
+
+/// What to deploy.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    /// An https git URL, or an absolute directory path (embedded default).
+    pub source: String,
+    pub git_ref: Option<String>,
+    pub name: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// Values that are secret; env values whose names look secret are treated the same.
+    pub secrets: BTreeMap<String, String>,
+    pub allow_risky: bool,
+    /// The session to report in; a new one when absent.
+    pub session_id: Option<SessionId>,
+}
+
+/// A started deployment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Started {
+    pub deployment_id: DeploymentId,
+    pub session_id: SessionId,
+    pub service: ServiceName,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The request is wrong; the message says how.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Env names whose values are secrets by their look: given as plain env, they are stored as
+/// secrets all the same.
+pub fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "PRIVATE", "API_KEY", "APIKEY", "DATABASE_URL", "CREDENTIAL"]
+        .iter()
+        .any(|needle| upper.contains(needle))
+}
+
+/// Where a source string points, or why it points nowhere.
+pub fn source_location(raw: &str) -> Result<SourceLocation, StartError> {
+    let raw = raw.trim();
+    if raw.contains("://") || raw.starts_with("git@") {
+        Ok(SourceLocation::Git { url: raw.to_owned() })
+    } else if raw.starts_with('/') {
+        Ok(SourceLocation::Local { path: raw.into() })
+    } else {
+        Err(StartError::Invalid(format!("{raw:?} is neither an https git URL nor an absolute directory path")))
+    }
+}
+
+/// Records and starts a deployment for `owner`. `publisher` names the function that asked.
+pub async fn start(
+    ports: &Ports,
+    secrets: &dyn Secrets,
+    owner: &UserId,
+    correlation_id: CorrelationId,
+    request: StartRequest,
+    publisher: &str,
+) -> Result<Started, StartError> {
+    let raw = request.source.trim();
+    let location = source_location(raw)?;
+    let derived_from = raw.trim_end_matches('/').trim_end_matches(".git").rsplit('/').next().unwrap_or(raw);
+    let service = match &request.name {
+        Some(name) => ServiceName::parse(name).map_err(|e| StartError::Invalid(e.to_string()))?,
+        None => ServiceName::derive_from(derived_from),
+    };
+    for name in request.env.keys().chain(request.secrets.keys()) {
+        EnvVarName::parse(name).map_err(|e| StartError::Invalid(e.to_string()))?;
+    }
+    let session_id = request.session_id.clone().unwrap_or_else(SessionId::generate);
+    let now = ports.clock.now();
+    let mut deployment = Deployment::new(
+        NewDeployment {
+            id: DeploymentId::generate(),
+            owner: owner.clone(),
+            session_id: session_id.clone(),
+            correlation_id: correlation_id.clone(),
+            source: SourceSpec { location, git_ref: request.git_ref.clone() },
+            service: service.clone(),
+        },
+        now,
+    );
+    for (name, value) in request.env.iter().chain(&request.secrets) {
+        if request.secrets.contains_key(name) || looks_secret(name) {
+            let secret_name = format!("{owner}--{service}--{name}");
+            let reference = secrets.put(&secret_name, SecretValue::new(value.clone())).await.map_err(|e| {
+                tracing::error!(error = %e, "a secret was not stored");
+                StartError::Unavailable("the secret store is unavailable; try again".into())
+            })?;
+            deployment.secret_env.insert(name.clone(), reference);
+        } else {
+            deployment.env.insert(name.clone(), value.clone());
+        }
+    }
+    deployment.allow_risky = request.allow_risky;
+    let started = NewEvent {
+        kind: SessionEventKind::DeploymentStarted,
+        correlation_id: correlation_id.clone(),
+        data: serde_json::json!({ "deployment_id": deployment.id, "service": service, "source": raw }),
+    };
+    let writes = vec![
+        Write::Create {
+            key: DocKey::new("deployments", deployment.id.as_str())?,
+            owner: owner.clone(),
+            data: to_data(&deployment)?,
+        },
+        Write::Append { session: session_id.clone(), owner: owner.clone(), events: vec![started] },
+    ];
+    ports.store.commit(writes).await?;
+    let event = DeploymentRequested {
+        deployment_id: deployment.id.clone(),
+        owner: owner.clone(),
+        session_id: session_id.clone(),
+    };
+    ports.bus.publish_event(&event, &EventContext::new(publisher, correlation_id), now).await.map_err(|e| {
+        tracing::error!(error = %e, "the deployment request was not published");
+        StartError::Unavailable("the deployment is recorded but could not be started; try again".into())
+    })?;
+    Ok(Started { deployment_id: deployment.id, session_id, service })
+}
