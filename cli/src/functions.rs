@@ -46,7 +46,11 @@ impl Function {
     pub fn router(self, embedded: &Embedded) -> Router {
         let ports = embedded.ports.clone();
         match self {
-            Function::Chat => devgem_chat::router(devgem_chat::AppState { ports }),
+            Function::Chat => devgem_chat::router(devgem_chat::AppState {
+                ports,
+                secrets: embedded.secrets.clone(),
+                runtime: Arc::new(embedded.runtime.clone()),
+            }),
             Function::Analyze => devgem_analyze::router(devgem_analyze::AppState {
                 ports,
                 source: embedded.source.clone(),

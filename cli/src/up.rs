@@ -236,6 +236,7 @@ impl App {
             tracing::warn!(%build, "a build was interrupted by a restart and reported failed");
         }
         let subscriptions = [
+            ("chat-turns", Topic::ChatTurns, devgem_chat::NAME, devgem_chat::PUSH_CHAT_TURNS),
             ("analyze-deployments", Topic::Deployments, devgem_analyze::NAME, devgem_analyze::PUSH_DEPLOYMENTS),
             ("build-builds", Topic::Builds, devgem_build::NAME, devgem_build::PUSH_BUILDS),
             ("build-cloud-builds", Topic::CloudBuilds, devgem_build::NAME, devgem_build::PUSH_CLOUD_BUILDS),

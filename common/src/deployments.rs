@@ -137,3 +137,58 @@ pub async fn start(
     })?;
     Ok(Started { deployment_id: deployment.id, session_id, service })
 }
+
+/// Why an abort was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum AbortError {
+    #[error("deployment {0} not found")]
+    NotFound(DeploymentId),
+    #[error("deployment {id} is already {state}; there is nothing to stop")]
+    Ended { id: DeploymentId, state: &'static str },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Asks every stage to stop deployment `id` of `owner` (`None`: the administrator, any owner).
+pub async fn abort(
+    ports: &Ports,
+    owner: Option<&UserId>,
+    id: &DeploymentId,
+    requested_by: &UserId,
+    correlation_id: Option<CorrelationId>,
+    publisher: &str,
+) -> Result<Deployment, AbortError> {
+    use crate::events::DeploymentAbort;
+    use crate::ports::store::{Scope, StoreExt};
+    let key = DocKey::new("deployments", id.as_str())?;
+    let scope = owner.map_or(Scope::All, |o| Scope::Owner(o.clone()));
+    // Read within the caller's scope first: another user's deployment does not exist for them.
+    let Some((current, _)) = ports.store.get_typed::<Deployment>(&scope, &key).await? else {
+        return Err(AbortError::NotFound(id.clone()));
+    };
+    if current.state.is_terminal() {
+        return Err(AbortError::Ended { id: id.clone(), state: current.state.as_str() });
+    }
+    let (deployment, _) = ports
+        .store
+        .modify::<Deployment, _>(&key, 10, |d| {
+            d.abort_requested = true;
+            Ok(())
+        })
+        .await?;
+    let event = DeploymentAbort {
+        deployment_id: id.clone(),
+        owner: deployment.owner.clone(),
+        session_id: deployment.session_id.clone(),
+        requested_by: requested_by.clone(),
+        reason: None,
+    };
+    let ctx = EventContext::new(publisher, correlation_id.unwrap_or_else(|| deployment.correlation_id.clone()));
+    ports.bus.publish_event(&event, &ctx, ports.clock.now()).await.map_err(|e| {
+        tracing::error!(error = %e, "the abort was not published");
+        AbortError::Unavailable("the abort is recorded but could not be sent; try again".into())
+    })?;
+    Ok(deployment)
+}

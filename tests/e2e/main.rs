@@ -4,6 +4,7 @@
 //! in-process on a free port. Logs print only with `TEST_LOG=1`.
 
 mod builder;
+mod chat;
 mod cli_tools;
 mod identity;
 mod janitor;

@@ -199,44 +199,18 @@ pub async fn abort_deployment(
     correlation: Option<axum::Extension<devgem_common::ids::CorrelationId>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
-    use devgem_common::events::{DeploymentAbort, EventContext};
-    use devgem_common::ports::bus::BusExt;
+    use devgem_common::deployments::{AbortError, abort};
     let id = parse(DeploymentId::parse(&id))?;
-    let key = DocKey::new("deployments", id.as_str())?;
-    let not_found = || ApiError::not_found(format!("deployment {id} not found; list yours with GET /api/deployments"));
-    // Read within the caller's scope first: another user's deployment does not exist for them.
-    let Some((current, _)) = state.ports.store.get_typed::<Deployment>(&caller.scope(), &key).await? else {
-        return Err(not_found());
-    };
-    if current.state.is_terminal() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_ended",
-            format!("deployment {id} is already {}; there is nothing to stop", current.state.as_str()),
-        ));
+    let correlation_id = correlation.map(|c| c.0);
+    match abort(&state.ports, Some(&caller.user_id), &id, &caller.user_id, correlation_id, crate::NAME).await {
+        Ok(deployment) => Ok((StatusCode::ACCEPTED, Json(deployment))),
+        Err(AbortError::NotFound(id)) => {
+            Err(ApiError::not_found(format!("deployment {id} not found; list yours with GET /api/deployments")))
+        }
+        Err(e @ AbortError::Ended { .. }) => Err(ApiError::new(StatusCode::CONFLICT, "already_ended", e.to_string())),
+        Err(AbortError::Unavailable(message)) => Err(ApiError::unavailable(&message)),
+        Err(AbortError::Store(e)) => Err(e.into()),
     }
-    let (deployment, _) = state
-        .ports
-        .store
-        .modify::<Deployment, _>(&key, 10, |d| {
-            d.abort_requested = true;
-            Ok(())
-        })
-        .await?;
-    let event = DeploymentAbort {
-        deployment_id: id.clone(),
-        owner: deployment.owner.clone(),
-        session_id: deployment.session_id.clone(),
-        requested_by: caller.user_id.clone(),
-        reason: None,
-    };
-    let correlation_id = correlation.map(|c| c.0).unwrap_or_else(|| deployment.correlation_id.clone());
-    let ctx = EventContext::new(crate::NAME, correlation_id);
-    state.ports.bus.publish_event(&event, &ctx, state.ports.clock.now()).await.map_err(|e| {
-        tracing::error!(error = %e, "the abort was not published");
-        ApiError::unavailable("the abort is recorded but could not be sent; try again")
-    })?;
-    Ok((StatusCode::ACCEPTED, Json(deployment)))
 }
 
 /// `GET /api/services`: the caller's services, with what serves each.
@@ -331,4 +305,59 @@ pub async fn rollback_service(
         ApiError::unavailable("the rollback could not be sent; try again")
     })?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "service": service.name, "to": target }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    text: String,
+    /// The client's id for the message: a resend after a reconnect is answered once.
+    #[serde(default)]
+    client_message_id: Option<String>,
+}
+
+/// The longest chat message accepted.
+const MAX_MESSAGE: usize = 8 * 1024;
+
+/// `POST /api/sessions/{id}/messages`: the user's message, shown in the session and handed to
+/// the chat; the answer arrives as a session event.
+pub async fn post_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    correlation: Option<axum::Extension<devgem_common::ids::CorrelationId>>,
+    Path(id): Path<String>,
+    body: Result<Json<ChatMessage>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    use devgem_common::events::{ChatTurn, EventContext};
+    use devgem_common::ports::bus::BusExt;
+    use devgem_common::ports::store::{NewEvent, SessionEventKind, Write};
+    let session_id = parse(SessionId::parse(&id))?;
+    let message = json_body(body)?;
+    let text = message.text.trim();
+    if text.is_empty() || text.len() > MAX_MESSAGE {
+        return Err(ApiError::bad_request(format!("a message has 1 to {MAX_MESSAGE} bytes of text")));
+    }
+    let correlation_id = correlation.map(|c| c.0).unwrap_or_else(devgem_common::ids::CorrelationId::generate);
+    let shown = NewEvent {
+        kind: SessionEventKind::Message,
+        correlation_id: correlation_id.clone(),
+        data: serde_json::json!({ "role": "user", "text": text }),
+    };
+    state
+        .ports
+        .store
+        .commit(vec![Write::Append { session: session_id.clone(), owner: caller.user_id.clone(), events: vec![shown] }])
+        .await?;
+    let turn = ChatTurn {
+        session_id,
+        user_id: caller.user_id.clone(),
+        text: text.to_owned(),
+        client_message_id: message.client_message_id,
+    };
+    let ctx = EventContext::new(crate::NAME, correlation_id);
+    state.ports.bus.publish_event(&turn, &ctx, state.ports.clock.now()).await.map_err(|e| {
+        tracing::error!(error = %e, "a chat turn was not published");
+        ApiError::unavailable("the message is shown but could not reach the chat; send it again")
+    })?;
+    Ok(StatusCode::ACCEPTED)
 }

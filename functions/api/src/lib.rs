@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/services/{name}", get(handler::get_service))
         .route("/api/services/{name}/rollback", post(handler::rollback_service))
         .route("/api/sessions/{id}/events", get(handler::session_events))
+        .route("/api/sessions/{id}/messages", post(handler::post_message))
         .layer(from_fn_with_state(state.identity.clone(), require_bearer))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state.clone());

@@ -1,22 +1,56 @@
-//! The `chat` function: chat turns: intent, fast path, tool calls, conversation state.
+//! The `chat` function: a user's messages turned into answers and actions.
 //!
-//! Today its router answers the `/healthz` probe; its event handlers arrive with their issue
-//! (see README.md), mounted on the routes named there.
+//! - `POST /push/chat-turns` (`dev.devgem.chat.turn.v1`): the fast path ([`intent`], rules, no
+//!   LLM) answers help, status, list, why-did-it-fail and logs, and starts deploys, aborts and
+//!   rollbacks asked for in the user's own words ([`turn`]). The LLM brains arrive with the rest
+//!   of the chat issue.
+
+pub mod intent;
+pub mod turn;
 
 use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use devgem_common::envelope::PushRequest;
+use devgem_common::events::ChatTurn;
 use devgem_common::function::health_router;
+use devgem_common::handler::handle_event;
 use devgem_common::ports::Ports;
+use devgem_common::ports::runtime::Runtime;
+use devgem_common::ports::secrets::Secrets;
+use std::sync::Arc;
 
 /// The function's name, as `devgem serve chat` and the Cloud Run service know it.
 pub const NAME: &str = "chat";
+
+/// The path the `chat-turns` subscription pushes to.
+pub const PUSH_CHAT_TURNS: &str = "/push/chat-turns";
 
 /// Everything the function needs, built once by `devgem serve` or `devgem up`.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ports: Ports,
+    pub secrets: Arc<dyn Secrets>,
+    pub runtime: Arc<dyn Runtime>,
 }
 
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
-    health_router(NAME, state.ports.store.clone())
+    Router::new()
+        .route(PUSH_CHAT_TURNS, post(push_turn))
+        .with_state(state.clone())
+        .merge(health_router(NAME, state.ports.store.clone()))
+}
+
+async fn push_turn(State(state): State<AppState>, request: PushRequest) -> Response {
+    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
+    handle_event::<ChatTurn, _, _, _>(
+        store.as_ref(),
+        now,
+        request,
+        state,
+        |s, e| async move { turn::on_turn(&s, e).await },
+    )
+    .await
 }
