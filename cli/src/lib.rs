@@ -6,6 +6,7 @@
 //! - [`dockerfile`]: `devgem dockerfile`, the Dockerfile DevGem builds with.
 //! - [`build`]: `devgem build`, the local builder on a directory.
 //! - [`deploy`]: `devgem deploy`, a deployment followed to its end.
+//! - [`chat`]: `devgem chat`, the conversation in a terminal.
 //! - [`embedded`]: opening the embedded adapters on a data dir (the wiring of `devgem up`).
 //! - [`functions`]: the function routers by name, for `serve` and `up`.
 //! - [`up`]: `devgem up`, all functions in one process behind one listener.
@@ -15,6 +16,7 @@
 
 pub mod analyze;
 pub mod build;
+pub mod chat;
 pub mod deploy;
 pub mod dockerfile;
 pub mod embedded;
@@ -102,6 +104,14 @@ pub enum Command {
         #[arg(long, env = "DEVGEM_SERVER")]
         server: Option<String>,
     },
+    /// Talk to DevGem in the terminal: each line is a message (or pipe a script in).
+    Chat {
+        /// A session to continue (printed when a chat starts).
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long, env = "DEVGEM_SERVER")]
+        server: Option<String>,
+    },
     /// Stop a deployment in whatever stage it is; the revision serving before keeps serving.
     Abort {
         /// The deployment's id (printed by `devgem deploy`).
@@ -154,6 +164,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze { target, json } => analyze::run(&target, json).await,
         Command::Dockerfile { target, write } => dockerfile::run(&target, write).await,
         Command::Build { target } => build::run(&target, &cli.data_dir).await,
+        Command::Chat { session, server } => chat::run(&cli.data_dir, session, server).await,
         Command::Abort { deployment, server } => deploy::abort(&cli.data_dir, &deployment, server).await,
         Command::Rollback { service, to, server } => deploy::rollback(&cli.data_dir, &service, to, server).await,
         Command::Deploy { target, name, git_ref, env, secrets, env_file, allow_risky, server } => {

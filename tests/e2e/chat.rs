@@ -124,3 +124,39 @@ async fn text_that_is_not_a_request_starts_nothing() {
         .expect("json");
     assert_eq!(deployments, json!([]), "no deployment was started");
 }
+
+#[tokio::test]
+async fn devgem_chat_reads_lines_and_prints_the_conversation() {
+    use std::io::Write;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut up = crate::support::DevgemProcess::start(data.path(), &["up", "--port", "0"], &[]);
+    up.wait_ready().await;
+    let chat = |script: &str, session: Option<&str>| {
+        let mut command = std::process::Command::new(crate::support::devgem_bin());
+        command.arg("--data-dir").arg(data.path()).arg("chat");
+        if let Some(session) = session {
+            command.args(["--session", session]);
+        }
+        let mut child = command
+            .env_remove("DEVGEM_SERVER")
+            .env_remove("DEVGEM_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("devgem chat");
+        child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write");
+        child.wait_with_output().expect("output")
+    };
+    let out = chat("help\nstatus\n", Some("terminal-1"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("devgem> I can deploy a repository"), "{text}");
+    assert!(text.contains("devgem> You have no deployments yet."), "{text}");
+    // Coming back to the session shows its history.
+    let out = chat("", Some("terminal-1"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("you> help") && text.contains("you> status"), "{text}");
+    up.signal("TERM");
+    assert!(up.wait_exit(Duration::from_secs(20)).success());
+}
