@@ -45,15 +45,21 @@ async fn session_events(app: &TestApp, session: &str) -> Vec<Value> {
     events.as_array().cloned().unwrap_or_default()
 }
 
-/// `GET /` on the service's host name through the listener.
-async fn get_service(app: &TestApp, label: &str) -> (u16, String) {
+/// `GET <path>` on a service's host name through a `devgem up` listener at `base` (`http://127.0.0.1:<port>`).
+async fn get_host(base: &str, label: &str, path: &str) -> (u16, String) {
+    let port = base.rsplit(':').next().unwrap_or_default();
     let response = reqwest::Client::new()
-        .get(format!("{}/", app.url))
-        .header("host", format!("{label}.localhost:{}", app.port))
+        .get(format!("{base}{path}"))
+        .header("host", format!("{label}.localhost:{port}"))
         .send()
         .await
         .expect("request");
     (response.status().as_u16(), response.text().await.unwrap_or_default())
+}
+
+/// `GET /` on the service's host name through the listener.
+async fn get_service(app: &TestApp, label: &str) -> (u16, String) {
+    get_host(&app.url, label, "/").await
 }
 
 fn copy_fixture(name: &str) -> tempfile::TempDir {
@@ -195,15 +201,7 @@ async fn devgem_deploy_follows_a_deploy_to_its_url_or_its_cause() {
     for line in ["repo_access", "Wrote a Dockerfile (node-server)", "100%", "Live in"] {
         assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
     }
-    let body = reqwest::Client::new()
-        .get(format!("{}/", info.url))
-        .header("host", format!("shop.localhost:{port}"))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
+    let (_, body) = get_host(&info.url, "shop", "/").await;
     assert!(body.contains("devgem-fixture:node-plain"), "{body}");
 
     std::fs::write(
@@ -257,13 +255,8 @@ async fn git_urls_deploy_at_the_default_branch_a_branch_and_a_tag() {
         let (_, deployment) = deploy(&app, json!({ "source": url, "ref": git_ref, "name": "gitsite" })).await;
         assert_eq!(deployment["state"], "live", "{git_ref:?}: {deployment}");
         assert_eq!(deployment["commit"].as_str().map(str::len), Some(40));
-        let response = reqwest::Client::new()
-            .get(format!("{}/VERSION", app.url))
-            .header("host", format!("gitsite.localhost:{}", app.port))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.text().await.expect("body").trim(), version, "{git_ref:?}");
+        let (_, body) = get_host(&app.url, "gitsite", "/VERSION").await;
+        assert_eq!(body.trim(), version, "{git_ref:?}");
     }
     let (_, missing) = deploy(&app, json!({ "source": url, "ref": "no-such-branch" })).await;
     assert_eq!(missing["failure"]["cause"], "source_unavailable");
@@ -371,17 +364,7 @@ async fn rollback_moves_traffic_to_the_previous_revision() {
     assert!(devgem(&["deploy", &target, "--name", "site"]).status.success());
     std::fs::write(repo.path().join("index.html"), "<h1>second release</h1>").expect("edit");
     assert!(devgem(&["deploy", &target, "--name", "site"]).status.success());
-    let get = || async {
-        reqwest::Client::new()
-            .get(format!("{}/", info.url))
-            .header("host", format!("site.localhost:{port}"))
-            .send()
-            .await
-            .expect("request")
-            .text()
-            .await
-            .expect("body")
-    };
+    let get = || async { get_host(&info.url, "site", "/").await.1 };
     assert!(get().await.contains("second release"));
     let out = devgem(&["rollback", "site"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -496,16 +479,7 @@ async fn a_kill_during_the_start_resumes_with_the_same_revision_after_restart() 
     assert_eq!(ended["state"], "live", "{ended}");
     assert_eq!(count_dirs(&data.path().join("runtime/revisions")), 1, "no duplicate revision");
     assert_eq!(count_dirs(&data.path().join("builder/builds")), 1, "no second build");
-    let port = up.url.rsplit(':').next().expect("port").to_owned();
-    let body = reqwest::Client::new()
-        .get(format!("{}/", up.url))
-        .header("host", format!("resumer.localhost:{port}"))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
+    let (_, body) = get_host(&up.url, "resumer", "/").await;
     assert_eq!(body, "resumed");
     up.kill();
 }
@@ -710,15 +684,7 @@ async fn devgem_deploy_without_a_server_runs_one_and_serves_until_interrupted() 
         .expect("the URL on stdout");
     let port = url.trim_end_matches('/').rsplit(':').next().expect("port").to_owned();
     assert_eq!(url, format!("http://solo.localhost:{port}/"));
-    let body = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/"))
-        .header("host", format!("solo.localhost:{port}"))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
+    let (_, body) = get_host(&format!("http://127.0.0.1:{port}"), "solo", "/").await;
     assert!(body.contains("devgem-fixture:static-site"), "served while the command runs: {body}");
     let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
