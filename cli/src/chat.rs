@@ -3,9 +3,6 @@
 //! it also takes a script (`echo status | devgem chat`): it then waits for the answers and exits.
 
 use crate::deploy::Api;
-use crate::token::admin_token;
-use crate::up::running_server;
-use anyhow::bail;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
@@ -37,10 +34,7 @@ fn render(event: &Value) -> Option<String> {
 }
 
 pub async fn run(data_dir: &Path, session: Option<String>, server: Option<String>) -> anyhow::Result<()> {
-    let Some(url) = server.or_else(|| running_server(data_dir).map(|s| s.url)) else {
-        bail!("no DevGem server is running for {}; start it with 'devgem up'", data_dir.display());
-    };
-    let api = Api::new(&url, admin_token(data_dir)?);
+    let api = Api::running(data_dir, server)?;
     let session = session.unwrap_or_else(|| devgem_common::ids::SessionId::generate().to_string());
     eprintln!("Session {session} (resume it with --session {session}). Type 'help'; Ctrl-D to leave.");
     let mut after = 0u64;

@@ -99,6 +99,15 @@ impl Api {
         Self { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() }
     }
 
+    /// The running server: `server` if given, else the one the data dir records, with the
+    /// admin token; an error that says how to start one otherwise.
+    pub fn running(data_dir: &Path, server: Option<String>) -> anyhow::Result<Self> {
+        let Some(url) = server.or_else(|| running_server(data_dir).map(|s| s.url)) else {
+            bail!("no DevGem server is running for {}; start it with 'devgem up'", data_dir.display());
+        };
+        Ok(Self::new(&url, admin_token(data_dir)?))
+    }
+
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.token.expose());
         if let Some(body) = body {
@@ -298,10 +307,7 @@ fn hint(cause: &str) -> &'static str {
 /// `devgem abort <deployment>`: asks the running server to stop a deployment, then waits (up to
 /// 10 s) until it has ended.
 pub async fn abort(data_dir: &Path, id: &str, server: Option<String>) -> anyhow::Result<()> {
-    let Some(url) = server.or_else(|| running_server(data_dir).map(|s| s.url)) else {
-        bail!("no DevGem server is running for {}; nothing is deploying", data_dir.display());
-    };
-    let api = Api::new(&url, admin_token(data_dir)?);
+    let api = Api::running(data_dir, server)?;
     api.call(reqwest::Method::POST, &format!("/api/deployments/{id}/abort"), None).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -328,10 +334,7 @@ pub async fn rollback(
     to: Option<String>,
     server: Option<String>,
 ) -> anyhow::Result<()> {
-    let Some(url) = server.or_else(|| running_server(data_dir).map(|s| s.url)) else {
-        bail!("no DevGem server is running for {}; start it with 'devgem up'", data_dir.display());
-    };
-    let api = Api::new(&url, admin_token(data_dir)?);
+    let api = Api::running(data_dir, server)?;
     let body = json!({ "to": to });
     let accepted = api.call(reqwest::Method::POST, &format!("/api/services/{service}/rollback"), Some(&body)).await?;
     let target = accepted["to"].as_str().unwrap_or_default().to_owned();

@@ -14,13 +14,6 @@ use devgem_common::ports::store::{DocKey, Scope, StoreError, StoreExt, Write, to
 use devgem_common::timeline::{self, failure, update};
 use std::collections::BTreeMap;
 
-/// A created revision.
-#[derive(Debug, Clone)]
-struct Created {
-    name: String,
-    url: String,
-}
-
 fn internal(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Internal(e.to_string())
 }
@@ -125,7 +118,7 @@ async fn release(
     let mut repairs = 0;
     let created = loop {
         match state.runtime.create_revision(spec.clone()).await {
-            Ok(info) => break Created { name: info.name, url: info.url },
+            Ok(info) => break info,
             Err(RuntimeError::StartFailed(why)) => {
                 // The output may say where the app really listens: route there, at most twice.
                 if repairs < MAX_REPAIRS
