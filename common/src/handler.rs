@@ -69,6 +69,28 @@ where
     .await
 }
 
+/// A function's state, as its push routes need it.
+pub trait PushState: Clone + Send + Sync + 'static {
+    fn ports(&self) -> &crate::ports::Ports;
+}
+
+/// The `POST` route of an event handler: `handler(state, payload)` through [`handle_event`].
+pub fn push_route<S, T, F, Fut>(handler: F) -> axum::routing::MethodRouter<S>
+where
+    S: PushState,
+    T: Decode + Clone + Send + Sync + 'static,
+    F: Fn(S, T) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    axum::routing::post(move |axum::extract::State(state): axum::extract::State<S>, request: PushRequest| {
+        let handler = handler.clone();
+        async move {
+            let (store, now) = (state.ports().store.clone(), state.ports().clock.now());
+            handle_event::<T, _, _, _>(store.as_ref(), now, request, state, handler).await
+        }
+    })
+}
+
 /// Runs `attempt` again, up to 5 times, while it fails on a conflict: another handler moved the
 /// document first, and re-reading now is better than a redelivery's backoff (which would also
 /// hold back the messages ordered after this one).

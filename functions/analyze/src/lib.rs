@@ -10,14 +10,10 @@ pub mod pipeline;
 pub mod security;
 
 use axum::Router;
-use axum::extract::State;
-use axum::response::Response;
-use axum::routing::post;
 use devgem_common::cancel::Cancels;
-use devgem_common::envelope::PushRequest;
 use devgem_common::events::{ControlEvent, DeploymentRequested};
 use devgem_common::function::health_router;
-use devgem_common::handler::handle_event;
+use devgem_common::handler::{PushState, push_route};
 use devgem_common::ports::Ports;
 use devgem_common::ports::source::{Source, SourceLimits};
 use std::path::PathBuf;
@@ -46,24 +42,20 @@ pub const PUSH_CONTROL: &str = "/push/control";
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(PUSH_DEPLOYMENTS, post(push_deployment))
-        .route(PUSH_CONTROL, post(push_control))
+        .route(
+            PUSH_DEPLOYMENTS,
+            push_route(|s: AppState, e: DeploymentRequested| async move { pipeline::on_requested(&s, e).await }),
+        )
+        .route(
+            PUSH_CONTROL,
+            push_route(|s: AppState, e: ControlEvent| async move { pipeline::on_control(&s, e).await }),
+        )
         .with_state(state.clone())
         .merge(health_router(NAME, state.ports.store.clone()))
 }
 
-async fn push_deployment(State(state): State<AppState>, request: PushRequest) -> Response {
-    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
-    handle_event::<DeploymentRequested, _, _, _>(store.as_ref(), now, request, state, |s, e| async move {
-        pipeline::on_requested(&s, e).await
-    })
-    .await
-}
-
-async fn push_control(State(state): State<AppState>, request: PushRequest) -> Response {
-    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
-    handle_event::<ControlEvent, _, _, _>(store.as_ref(), now, request, state, |s, e| async move {
-        pipeline::on_control(&s, e).await
-    })
-    .await
+impl PushState for AppState {
+    fn ports(&self) -> &Ports {
+        &self.ports
+    }
 }

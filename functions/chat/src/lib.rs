@@ -9,13 +9,9 @@ pub mod intent;
 pub mod turn;
 
 use axum::Router;
-use axum::extract::State;
-use axum::response::Response;
-use axum::routing::post;
-use devgem_common::envelope::PushRequest;
 use devgem_common::events::ChatTurn;
 use devgem_common::function::health_router;
-use devgem_common::handler::handle_event;
+use devgem_common::handler::{PushState, push_route};
 use devgem_common::ports::Ports;
 use devgem_common::ports::runtime::Runtime;
 use devgem_common::ports::secrets::Secrets;
@@ -38,19 +34,13 @@ pub struct AppState {
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(PUSH_CHAT_TURNS, post(push_turn))
+        .route(PUSH_CHAT_TURNS, push_route(|s: AppState, e: ChatTurn| async move { turn::on_turn(&s, e).await }))
         .with_state(state.clone())
         .merge(health_router(NAME, state.ports.store.clone()))
 }
 
-async fn push_turn(State(state): State<AppState>, request: PushRequest) -> Response {
-    let (store, now) = (state.ports.store.clone(), state.ports.clock.now());
-    handle_event::<ChatTurn, _, _, _>(
-        store.as_ref(),
-        now,
-        request,
-        state,
-        |s, e| async move { turn::on_turn(&s, e).await },
-    )
-    .await
+impl PushState for AppState {
+    fn ports(&self) -> &Ports {
+        &self.ports
+    }
 }
