@@ -42,8 +42,7 @@ pub async fn sweep(state: &AppState) -> Result<Report, StoreError> {
             recover(state, deployment, doc.version, &mut report).await?;
         }
     }
-    prune_revisions(state, &mut report).await?;
-    prune_builds(state, &mut report).await?;
+    prune_services(state, &mut report).await?;
     prune_ledger(state, &mut report).await?;
     Ok(report)
 }
@@ -140,38 +139,57 @@ async fn republish(state: &AppState, deployment: &Deployment, now: DateTime<Utc>
     published.map(|_| ()).map_err(|e| e.to_string())
 }
 
-async fn prune_revisions(state: &AppState, report: &mut Report) -> Result<(), StoreError> {
-    let store = state.ports.store.as_ref();
-    for doc in store.query(&Scope::All, &Query::collection("services").limit(1000)).await? {
-        let Ok(mut service) = doc.parse::<Service>() else { continue };
-        let keep_from = service.revisions.len().saturating_sub(state.keep_revisions);
-        let protected = [service.traffic.serving.clone(), service.traffic.rollback_target.clone()];
-        let doomed: Vec<String> = service.revisions[..keep_from]
-            .iter()
-            .map(|r| r.name.clone())
-            .filter(|name| !protected.iter().flatten().any(|p| p == name))
-            .collect();
-        if doomed.is_empty() {
-            continue;
-        }
-        let mut deleted = Vec::new();
-        for name in doomed {
-            match state.runtime.delete_revision(&service.owner, &service.name, &name).await {
-                Ok(()) => deleted.push(name),
-                // Already gone (another janitor, or never started here): forget it too.
-                Err(devgem_common::ports::runtime::RuntimeError::NotFound(_)) => deleted.push(name),
-                Err(e) => tracing::warn!(revision = %name, error = %e, "a revision was not deleted"),
-            }
-        }
-        service.revisions.retain(|r| !deleted.contains(&r.name));
-        let key = DocKey::new("services", Service::doc_id(&service.owner, &service.name))?;
-        match store.commit(vec![Write::Update { key, expected_version: doc.version, data: to_data(&service)? }]).await {
-            Ok(_) => report.pruned_revisions.extend(deleted),
-            Err(e) if e.is_conflict() => {}
-            Err(e) => return Err(e),
+/// Prunes each service's old revisions, then the builds no remaining revision needs: one pass
+/// over the services.
+async fn prune_services(state: &AppState, report: &mut Report) -> Result<(), StoreError> {
+    for doc in state.ports.store.query(&Scope::All, &Query::collection("services").limit(1000)).await? {
+        let Ok(service) = doc.parse::<Service>() else { continue };
+        // A service that changed meanwhile is left for the next sweep.
+        if let Some(service) = prune_revisions(state, service, doc.version, report).await? {
+            prune_builds(state, &service, report).await?;
         }
     }
     Ok(())
+}
+
+/// Deletes the service's revisions beyond the newest few (never the serving one or the rollback
+/// target) and records that; the service as it now stands, or `None` if it changed meanwhile.
+async fn prune_revisions(
+    state: &AppState,
+    mut service: Service,
+    version: u64,
+    report: &mut Report,
+) -> Result<Option<Service>, StoreError> {
+    let keep_from = service.revisions.len().saturating_sub(state.keep_revisions);
+    let protected = [service.traffic.serving.clone(), service.traffic.rollback_target.clone()];
+    let doomed: Vec<String> = service.revisions[..keep_from]
+        .iter()
+        .map(|r| r.name.clone())
+        .filter(|name| !protected.iter().flatten().any(|p| p == name))
+        .collect();
+    if doomed.is_empty() {
+        return Ok(Some(service));
+    }
+    let mut deleted = Vec::new();
+    for name in doomed {
+        match state.runtime.delete_revision(&service.owner, &service.name, &name).await {
+            Ok(()) => deleted.push(name),
+            // Already gone (another janitor, or never started here): forget it too.
+            Err(devgem_common::ports::runtime::RuntimeError::NotFound(_)) => deleted.push(name),
+            Err(e) => tracing::warn!(revision = %name, error = %e, "a revision was not deleted"),
+        }
+    }
+    service.revisions.retain(|r| !deleted.contains(&r.name));
+    let key = DocKey::new("services", Service::doc_id(&service.owner, &service.name))?;
+    let update = Write::Update { key, expected_version: version, data: to_data(&service)? };
+    match state.ports.store.commit(vec![update]).await {
+        Ok(_) => {
+            report.pruned_revisions.extend(deleted);
+            Ok(Some(service))
+        }
+        Err(e) if e.is_conflict() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 async fn prune_ledger(state: &AppState, report: &mut Report) -> Result<(), StoreError> {
@@ -199,29 +217,25 @@ async fn prune_ledger(state: &AppState, report: &mut Report) -> Result<(), Store
 /// Removes the builds of a service's older deployments: the newest few deployments' builds stay,
 /// and so does every build whose image a remaining revision runs (the serving one, the rollback
 /// target).
-async fn prune_builds(state: &AppState, report: &mut Report) -> Result<(), StoreError> {
+async fn prune_builds(state: &AppState, service: &Service, report: &mut Report) -> Result<(), StoreError> {
     use devgem_common::ports::store::Order;
-    let store = state.ports.store.as_ref();
-    for doc in store.query(&Scope::All, &Query::collection("services").limit(1000)).await? {
-        let Ok(service) = doc.parse::<Service>() else { continue };
-        let query = Query::collection("deployments")
-            .filter("owner", service.owner.as_str())
-            .filter("service", service.name.as_str())
-            .order_by("created_at", Order::Descending)
-            .limit(1000);
-        let deployments: Vec<Deployment> =
-            store.query(&Scope::All, &query).await?.iter().filter_map(|d| d.parse().ok()).collect();
-        let images_in_use: Vec<&str> = service.revisions.iter().map(|r| r.image.as_str()).collect();
-        for deployment in deployments.iter().skip(state.keep_revisions) {
-            let (Some(build_id), true) = (&deployment.build_id, deployment.state.is_terminal()) else { continue };
-            if deployment.image.as_deref().is_some_and(|image| images_in_use.contains(&image)) {
-                continue;
-            }
-            match state.builder.delete_build(build_id).await {
-                Ok(true) => report.pruned_builds.push(build_id.clone()),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(%build_id, error = %e, "a build was not removed"),
-            }
+    let query = Query::collection("deployments")
+        .filter("owner", service.owner.as_str())
+        .filter("service", service.name.as_str())
+        .order_by("created_at", Order::Descending)
+        .limit(1000);
+    let deployments: Vec<Deployment> =
+        state.ports.store.query(&Scope::All, &query).await?.iter().filter_map(|d| d.parse().ok()).collect();
+    let images_in_use: Vec<&str> = service.revisions.iter().map(|r| r.image.as_str()).collect();
+    for deployment in deployments.iter().skip(state.keep_revisions) {
+        let (Some(build_id), true) = (&deployment.build_id, deployment.state.is_terminal()) else { continue };
+        if deployment.image.as_deref().is_some_and(|image| images_in_use.contains(&image)) {
+            continue;
+        }
+        match state.builder.delete_build(build_id).await {
+            Ok(true) => report.pruned_builds.push(build_id.clone()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%build_id, error = %e, "a build was not removed"),
         }
     }
     Ok(())
