@@ -176,12 +176,11 @@ impl LocalRuntime {
         self.ensure_running(&revision).await.ok()
     }
 
-    /// Stops every revision's process (the revisions stay; `restore` starts them again).
+    /// Stops every revision's process and waits until they have exited (the revisions stay;
+    /// `restore` starts them again).
     pub async fn shutdown(&self) {
-        let mut state = self.inner.state.lock().await;
-        for (_, running) in state.running.drain() {
-            running.stop.send_replace(true);
-        }
+        let stops: Vec<_> = self.inner.state.lock().await.running.drain().map(|(_, r)| r.stop).collect();
+        futures_util::future::join_all(stops.into_iter().map(stop_and_wait)).await;
     }
 
     fn revision_dir(&self, name: &str) -> PathBuf {
@@ -228,7 +227,7 @@ impl LocalRuntime {
         };
         let mut guard = StartGuard { stop, dir: new_dir, armed: true };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(supervise(self.clone(), record.clone(), image, logs, stopped, ready_tx));
+        tokio::spawn(supervise(self.clone(), record.clone(), image, logs, guard.stop.clone(), stopped, ready_tx));
         let ready = ready_rx.await;
         guard.armed = false;
         match ready {
@@ -307,6 +306,7 @@ async fn supervise(
     record: RevisionRecord,
     image: LocalImage,
     logs: Arc<std::sync::Mutex<VecDeque<LogEntry>>>,
+    stop: Arc<watch::Sender<bool>>,
     mut stopped: watch::Receiver<bool>,
     ready: tokio::sync::oneshot::Sender<Result<(), RuntimeError>>,
 ) {
@@ -331,7 +331,20 @@ async fn supervise(
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    runtime.inner.state.lock().await.running.remove(&record.name);
+    // Only this process's entry: after a stop, the same revision may have been started again.
+    let mut state = runtime.inner.state.lock().await;
+    if state.running.get(&record.name).is_some_and(|r| Arc::ptr_eq(&r.stop, &stop)) {
+        state.running.remove(&record.name);
+    }
+}
+
+/// Stops a revision's process and waits (at most 10 s) until it has exited, so its port is free
+/// for the next process and its directory is no longer in use.
+async fn stop_and_wait(stop: Arc<watch::Sender<bool>>) {
+    stop.send_replace(true);
+    if tokio::time::timeout(Duration::from_secs(10), stop.closed()).await.is_err() {
+        tracing::warn!("a revision's process did not exit within 10s of being stopped");
+    }
 }
 
 /// One run of the process. Returns how it exited (`None` when it was stopped or never started).
@@ -370,6 +383,11 @@ async fn run_once(
     env.push(("PORT".to_owned(), record.port.to_string()));
     env.push(("K_SERVICE".to_owned(), record.service.to_string()));
     env.push(("K_REVISION".to_owned(), record.name.clone()));
+    // A port still held by another process would pass the startup probe for this one.
+    if let Err(e) = wait_until_free(record.port).await {
+        fail(ready, e);
+        return None;
+    }
     let (mut command, _scratch) = match image.command(runtime.inner.executor.sandbox(), upper, &env) {
         Ok(c) => c,
         Err(e) => {
@@ -465,6 +483,22 @@ fn last_lines(logs: &std::sync::Mutex<VecDeque<LogEntry>>) -> String {
     if last.is_empty() { "none".to_owned() } else { last.join(" | ") }
 }
 
+/// Waits (at most 5 s) until `port` can be bound on loopback.
+async fn wait_until_free(port: u16) -> Result<(), RuntimeError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(RuntimeError::StartFailed(format!(
+                    "port {port} is held by another process ({e}); stop it or deploy again for a new port"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 fn free_port() -> Result<u16, RuntimeError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -545,18 +579,18 @@ impl Runtime for LocalRuntime {
             return Err(RuntimeError::NotFound(format!("revision {revision} of {service}")));
         }
         self.ensure_running(revision).await?;
-        let routes = {
+        let (routes, previous) = {
             let mut state = self.inner.state.lock().await;
             let previous = state.routes.insert(host_label(owner, service), revision.to_owned());
             // The revision that served before stops; it starts again if traffic returns to it.
-            if let Some(previous) = previous.filter(|p| p != revision)
-                && let Some(running) = state.running.remove(&previous)
-            {
-                running.stop.send_replace(true);
-            }
-            state.routes.clone()
+            let previous = previous.filter(|p| p != revision).and_then(|p| state.running.remove(&p));
+            (state.routes.clone(), previous)
         };
-        self.save_routes(&routes).await
+        let saved = self.save_routes(&routes).await;
+        if let Some(previous) = previous {
+            stop_and_wait(previous.stop).await;
+        }
+        saved
     }
 
     async fn verify(&self, url: &str) -> Result<(), RuntimeError> {
@@ -623,15 +657,16 @@ impl Runtime for LocalRuntime {
         if record.owner != *owner || record.service != *service {
             return Err(RuntimeError::NotFound(format!("revision {revision} of {service}")));
         }
-        {
+        let running = {
             let mut state = self.inner.state.lock().await;
             if state.routes.values().any(|r| r == revision) {
                 return Err(RuntimeError::Refused(format!("{revision} serves {service}; move traffic first")));
             }
-            if let Some(running) = state.running.remove(revision) {
-                running.stop.send_replace(true);
-            }
             state.logs.remove(revision);
+            state.running.remove(revision)
+        };
+        if let Some(running) = running {
+            stop_and_wait(running.stop).await;
         }
         let dir = self.revision_dir(revision);
         std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))

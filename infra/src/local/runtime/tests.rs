@@ -133,7 +133,10 @@ async fn a_revision_that_does_not_start_is_refused_with_the_reason() {
         }
         other => panic!("expected StartFailed, got {other:?}"),
     }
-    let fixed = image(&f, "c2", "", Some("exec /usr/bin/python3 -m http.server 5999 --bind 127.0.0.1")).await;
+    // Listens, but on a port of its own rather than $PORT (a free one, so no other test holds it).
+    let own_port = super::free_port().expect("a free port");
+    let listens_elsewhere = format!("exec /usr/bin/python3 -m http.server {own_port} --bind 127.0.0.1");
+    let fixed = image(&f, "c2", "", Some(&listens_elsewhere)).await;
     match f.runtime.create_revision(spec(fixed)).await {
         Err(RuntimeError::StartFailed(why)) => assert!(why.contains("did not listen on port"), "{why}"),
         other => panic!("expected StartFailed, got {other:?}"),
