@@ -181,7 +181,7 @@ fn serve_janitor_once_runs_one_sweep_and_prints_its_report() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
     assert_eq!(
         report,
-        json!({ "nudged": [], "failed": [], "pruned_revisions": [], "pruned_builds": [], "pruned_ledger_entries": 0 })
+        json!({ "nudged": [], "failed": [], "pruned_revisions": [], "pruned_builds": [], "pruned_ledger_entries": 0, "pruned_dead_letters": 0 })
     );
     let out = std::process::Command::new(crate::support::devgem_bin())
         .arg("--data-dir")
@@ -191,4 +191,36 @@ fn serve_janitor_once_runs_one_sweep_and_prints_its_report() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--once runs the janitor"));
+}
+
+#[tokio::test]
+async fn dead_letters_past_their_retention_are_pruned() {
+    use devgem_common::events::Topic;
+    use devgem_common::ports::bus::{Bus, OutboundMessage};
+    use devgem_infra::local::SubscriptionConfig;
+    let app = spawn_app().await;
+    // An endpoint that always fails: its message ends as a dead letter after its deliveries.
+    let failing = axum::Router::new()
+        .route("/push", axum::routing::post(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }));
+    let config = SubscriptionConfig {
+        max_attempts: 2,
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(40),
+        ..SubscriptionConfig::new("always-fails", Topic::Releases, "/push")
+    };
+    app.embedded.bus.subscribe(config, failing).await.expect("subscribe");
+    let message = OutboundMessage { data: "{}".into(), attributes: Default::default(), ordering_key: None };
+    app.embedded.bus.publish(Topic::Releases, message).await.expect("publish");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.embedded.bus.stats().await.expect("stats").dead_letters == 0 {
+        assert!(Instant::now() < deadline, "the junk message was never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = janitor(&app, Duration::from_secs(60));
+    assert_eq!(sweep(&state).await.expect("sweep").pruned_dead_letters, 0, "a fresh dead letter stays");
+    let mut later = janitor(&app, Duration::from_secs(60));
+    let clock = devgem_common::clock::ManualClock::new(chrono::Utc::now() + chrono::Duration::days(8));
+    later.ports.clock = std::sync::Arc::new(clock);
+    assert_eq!(sweep(&later).await.expect("sweep").pruned_dead_letters, 1);
+    assert_eq!(app.embedded.bus.stats().await.expect("stats").dead_letters, 0);
 }

@@ -46,6 +46,14 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Publishes one message; when this returns `Ok`, the message is durable and will be
     /// delivered to every subscription of the topic at least once. Returns the message id.
     async fn publish(&self, topic: Topic, message: OutboundMessage) -> Result<String, BusError>;
+
+    /// Removes dead letters that died before `cutoff`; returns how many went. Pub/Sub expires
+    /// a dead-letter topic's messages by its own retention, so an adapter whose service does
+    /// that keeps this default.
+    async fn prune_dead_letters(&self, cutoff: DateTime<Utc>) -> Result<u64, BusError> {
+        let _ = cutoff;
+        Ok(0)
+    }
 }
 
 /// Typed publishing over any [`Bus`].

@@ -22,10 +22,14 @@ pub struct Report {
     /// Builds whose artifacts were removed.
     pub pruned_builds: Vec<String>,
     pub pruned_ledger_entries: usize,
+    /// Dead letters older than the retention, removed from the bus.
+    pub pruned_dead_letters: u64,
 }
 
 /// How old a finished ledger entry must be to go.
 const LEDGER_RETENTION: chrono::Duration = chrono::Duration::days(7);
+/// How long a dead letter is kept for someone to look at (Pub/Sub's longest retention).
+const DEAD_LETTER_RETENTION: chrono::Duration = chrono::Duration::days(7);
 
 pub async fn sweep(state: &AppState) -> Result<Report, StoreError> {
     let mut report = Report::default();
@@ -44,6 +48,12 @@ pub async fn sweep(state: &AppState) -> Result<Report, StoreError> {
     }
     prune_services(state, &mut report).await?;
     prune_ledger(state, &mut report).await?;
+    let cutoff = state.ports.clock.now() - DEAD_LETTER_RETENTION;
+    match state.ports.bus.prune_dead_letters(cutoff).await {
+        Ok(removed) => report.pruned_dead_letters = removed,
+        // Pruning is housekeeping: the next sweep tries again.
+        Err(e) => tracing::warn!(error = %e, "dead letters were not pruned"),
+    }
     Ok(report)
 }
 

@@ -488,6 +488,25 @@ impl Bus for LocalBus {
             .map_err(BusError::Unavailable)?;
         Ok(id.to_string())
     }
+
+    async fn prune_dead_letters(&self, cutoff: DateTime<Utc>) -> Result<u64, BusError> {
+        // `dead_at` is written in this same fixed format, so text order is time order.
+        let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let removed = self
+            .inner
+            .committer
+            .write(
+                move |conn| {
+                    conn.prepare_cached("DELETE FROM dead_letters WHERE dead_at < ?1")
+                        .and_then(|mut stmt| stmt.execute(params![cutoff]))
+                        .map_err(|e| e.to_string())
+                },
+                |_| {},
+            )
+            .await
+            .map_err(BusError::Unavailable)?;
+        Ok(removed as u64)
+    }
 }
 
 fn load_pending(conn: &rusqlite::Connection, subscription: &str) -> Result<Vec<(Pending, i64)>, BusError> {
