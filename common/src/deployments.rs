@@ -192,3 +192,41 @@ pub async fn abort(
     })?;
     Ok(deployment)
 }
+
+/// Applies a repair that needs a new image: the deployment goes back to the build stage with
+/// `plan` (the change noted in it), the user is told `reason`, and `build.requested` is
+/// published. `Ok(false)` when the deployment has had all its repairs; the caller fails it.
+pub async fn rebuild(
+    ports: &Ports,
+    deployment: &mut Deployment,
+    version: u64,
+    mut plan: crate::model::deployment::DeploymentPlan,
+    reason: &str,
+    publisher: &str,
+) -> Result<bool, crate::handler::HandlerError> {
+    use crate::events::BuildRequested;
+    use crate::handler::HandlerError;
+    use crate::model::deployment::{MAX_REPAIRS, Stage, StageStatus};
+    if !deployment.take_repair() {
+        return Ok(false);
+    }
+    let now = ports.clock.now();
+    plan.notes.push(reason.to_owned());
+    deployment.rebuild(plan, now).map_err(|e| HandlerError::Internal(e.to_string()))?;
+    let text = format!("Repair {} of {MAX_REPAIRS}: {reason}; building again", deployment.repairs);
+    let events = vec![crate::timeline::update(deployment, Stage::Build, StageStatus::Running, text)];
+    crate::timeline::save(ports.store.as_ref(), deployment, version, events).await?;
+    let request = BuildRequested {
+        deployment_id: deployment.id.clone(),
+        owner: deployment.owner.clone(),
+        session_id: deployment.session_id.clone(),
+    };
+    let ctx = EventContext::new(publisher, deployment.correlation_id.clone());
+    // Lost after the save, the janitor publishes it again (the deployment is building).
+    ports
+        .bus
+        .publish_event(&request, &ctx, now)
+        .await
+        .map_err(|e| HandlerError::Transient(format!("publishing the build request: {e}")))?;
+    Ok(true)
+}

@@ -574,6 +574,59 @@ async fn an_app_on_its_own_port_is_routed_there_found_by_analysis_or_by_repair()
 }
 
 #[tokio::test]
+async fn a_stale_start_command_is_replaced_by_the_one_the_code_suggests_and_built_again() {
+    let app = spawn_app().await;
+    let stale = copy_fixture("py-stale-procfile");
+    let (created, live) = deploy(&app, json!({ "source": stale.path(), "name": "stale" })).await;
+    assert_eq!(live["state"], "live", "{live}");
+    assert_eq!(live["repairs"], 1, "{live}");
+    assert_eq!(live["plan"]["start_command"], "python app.py");
+    let dockerfile = live["plan"]["dockerfile"].as_str().expect("dockerfile");
+    assert!(dockerfile.ends_with("CMD python app.py\n") && !dockerfile.contains("server.py"), "{dockerfile}");
+    assert!(live["revision"].as_str().is_some_and(|r| r.ends_with("-r1")), "{live}");
+    let (_, body) = get_service(&app, "stale").await;
+    assert!(body.contains("devgem-fixture:py-stale-procfile"), "{body}");
+    let events = session_events(&app, created["session_id"].as_str().expect("session")).await;
+    let told = events.iter().filter_map(|e| e["data"]["text"].as_str()).find(|t| t.starts_with("Repair 1 of 2"));
+    assert!(
+        told.is_some_and(|t| t.contains("`python server.py` did not start the app (can't open file)")
+            && t.contains("`python app.py`")
+            && t.ends_with("building again")),
+        "the user is told what changed and why: {told:?}"
+    );
+    // Two builds, the first one's image replaced; one revision, the repaired one.
+    assert_eq!(count_dirs(&app.embedded.data_dir.join("builder/builds")), 2);
+    assert_eq!(count_dirs(&app.embedded.data_dir.join("runtime/revisions")), 1);
+}
+
+#[tokio::test]
+async fn a_build_that_misses_a_system_package_is_built_again_with_it_once() {
+    let app = spawn_app().await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    // A build step that fails as psycopg2's does without libpq-dev, whatever the machine has.
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "FROM debian:bookworm-slim\nRUN echo 'Error: pg_config executable not found.' && exit 1\nCMD [\"true\"]\n",
+    )
+    .expect("write");
+    let (created, failed) = deploy(&app, json!({ "source": repo.path(), "name": "pgapp" })).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["failure"]["stage"], "build", "{failed}");
+    assert_eq!(failed["repairs"], 1, "the package was added once; the second failure is final: {failed}");
+    let dockerfile = failed["plan"]["dockerfile"].as_str().expect("dockerfile");
+    let lines: Vec<&str> = dockerfile.lines().collect();
+    assert!(lines[1].contains("apt-get install -y --no-install-recommends libpq-dev"), "{dockerfile}");
+    let events = session_events(&app, created["session_id"].as_str().expect("session")).await;
+    let told = events.iter().filter_map(|e| e["data"]["text"].as_str()).find(|t| t.starts_with("Repair 1 of 2"));
+    assert!(
+        told.is_some_and(|t| t.contains("the build log says `Error: pg_config executable not found.`")
+            && t.contains("libpq-dev")),
+        "{told:?}"
+    );
+    assert_eq!(count_dirs(&app.embedded.data_dir.join("builder/builds")), 2, "one build per attempt");
+}
+
+#[tokio::test]
 async fn secret_values_reach_the_app_and_are_stored_nowhere_in_plain_text() {
     let app = spawn_app().await;
     let repo = tempfile::tempdir().expect("tempdir");

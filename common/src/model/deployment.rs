@@ -14,6 +14,14 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How many times a deployment's plan is repaired (a new port, a system package, another start
+/// command) before a failure is final.
+pub const MAX_REPAIRS: u32 = 2;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
@@ -176,6 +184,9 @@ pub struct DeploymentPlan {
     pub dockerignore: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_command: Option<String>,
+    /// Other start commands the analysis found, tried in order when `start_command` fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_alternatives: Vec<String>,
     /// The port the container listens on: 8080 (`$PORT`), or one fixed in the app.
     pub port: u16,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -233,6 +244,9 @@ pub struct Deployment {
     /// The user accepted high-severity security findings for this deployment.
     #[serde(default)]
     pub allow_risky: bool,
+    /// Repairs made to the plan after a failed build or start (at most [`MAX_REPAIRS`]).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub repairs: u32,
     /// When the janitor last re-sent the stage's event because the deployment stopped moving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nudged_at: Option<DateTime<Utc>>,
@@ -285,6 +299,7 @@ impl Deployment {
             image: None,
             build_log_sent: 0,
             allow_risky: false,
+            repairs: 0,
             nudged_at: None,
             created_at: now,
             updated_at: now,
@@ -338,6 +353,37 @@ impl Deployment {
         self.state = DeploymentState::Aborted;
         self.abort_requested = true;
         self.updated_at = now;
+        Ok(())
+    }
+
+    /// Counts one more repair of the plan; `false` when the deployment has had its
+    /// [`MAX_REPAIRS`] and must fail instead.
+    pub fn take_repair(&mut self) -> bool {
+        if self.repairs >= MAX_REPAIRS {
+            return false;
+        }
+        self.repairs += 1;
+        true
+    }
+
+    /// Goes back to the build stage with a repaired plan (a failed build or start that a new
+    /// image can fix): the previous build's results are dropped, progress never goes down.
+    pub fn rebuild(&mut self, plan: DeploymentPlan, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        if self.state.is_terminal() {
+            return Err(TransitionError::Terminal(self.state.as_str()));
+        }
+        if !matches!(self.state, DeploymentState::Building | DeploymentState::Deploying | DeploymentState::Verifying)
+        {
+            return Err(TransitionError::Illegal { from: self.state.as_str(), to: DeploymentState::Building.as_str() });
+        }
+        self.plan = Some(plan);
+        self.state = DeploymentState::Building;
+        self.build_id = None;
+        self.image = None;
+        self.revision = None;
+        self.build_log_sent = 0;
+        self.set_stage(Stage::Deploy, StageStatus::Pending, None, now);
+        self.set_stage(Stage::Build, StageStatus::Running, None, now);
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 use crate::AppState;
 use crate::analyzer::{analyze_dir, repo::Limits};
 use crate::dockerfile::port::Listen;
-use crate::dockerfile::{Origin, plan};
+use crate::dockerfile::{Origin, plan, runnable};
 use crate::security::{self, Severity};
 use devgem_common::events::{BuildRequested, DeploymentRequested, EventContext};
 use devgem_common::handler::HandlerError;
@@ -214,6 +214,7 @@ async fn plan_from(
         dockerfile: planned.dockerfile.clone(),
         dockerignore: planned.dockerignore.clone(),
         start_command: planned.start_command.clone(),
+        start_alternatives: service.start_alternatives.iter().map(|c| runnable(&service, c)).collect(),
         port,
         notes: planned.notes.clone(),
     };

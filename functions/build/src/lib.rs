@@ -1,12 +1,14 @@
 //! The `build` function: submits builds and handles their completion (stage 6).
 //!
 //! - `POST /push/builds` (`dev.devgem.build.requested.v1`): submits the deployment's build once
-//!   (ledger `build-{deployment}`) and records its id.
+//!   per attempt (ledger `build-{deployment}`, `-r{n}` after a repair) and records its id.
 //! - `POST /push/cloud-builds` (Cloud Build notifications, from Cloud Build or the local
-//!   builder): progress while it runs; on success the release request, on failure the cause and
+//!   builder): progress while it runs; on success the release request; on a failure that a
+//!   missing system package explains, a rebuild with it ([`repair`]), otherwise the cause and
 //!   the log's last lines.
 
 pub mod pipeline;
+pub mod repair;
 
 use axum::Router;
 use devgem_common::events::cloud_build::CloudBuildNotification;

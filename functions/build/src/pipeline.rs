@@ -1,7 +1,9 @@
-//! The build stage's handlers. Both are idempotent: the submit runs once per deployment (ledger),
-//! and a notification only moves a deployment that is still building with that build.
+//! The build stage's handlers. Both are idempotent: the submit runs once per deployment attempt
+//! (ledger), and a notification only moves a deployment that is still building with that build.
 
 use crate::AppState;
+use crate::repair::package_repair;
+use devgem_common::deployments::rebuild;
 use devgem_common::events::cloud_build::{BuildStatus, CloudBuildNotification};
 use devgem_common::events::{EventContext, ReleaseRequested};
 use devgem_common::handler::HandlerError;
@@ -12,7 +14,7 @@ use devgem_common::ports::blobs::BlobsExt;
 use devgem_common::ports::builder::{BuildRequest, BuilderError, log_blob_key};
 use devgem_common::ports::bus::BusExt;
 use devgem_common::ports::source::SourceSpec;
-use devgem_common::ports::store::{NewEvent, SessionEventKind};
+use devgem_common::ports::store::{NewEvent, SessionEventKind, Store};
 use devgem_common::timeline::{self, failure, update};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,9 +24,23 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How many lines of a failed build's log the failure keeps.
 const LOG_TAIL: usize = 20;
 
-/// The ledger key of a deployment's build submission.
-fn submit_key(id: &DeploymentId) -> String {
-    format!("build-{id}")
+/// The ledger key of a deployment's build submit: one build per attempt (each repair that
+/// needs a new image is a new attempt).
+fn submit_key(id: &DeploymentId, repairs: u32) -> String {
+    match repairs {
+        0 => format!("build-{id}"),
+        n => format!("build-{id}-r{n}"),
+    }
+}
+
+/// Whether `build_id` is a build of an earlier attempt, which a repair replaced.
+async fn superseded(store: &dyn Store, deployment: &Deployment, build_id: &str) -> Result<bool, HandlerError> {
+    for attempt in 0..deployment.repairs {
+        if recorded::<String>(store, &submit_key(&deployment.id, attempt)).await?.as_deref() == Some(build_id) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn internal(e: impl std::fmt::Display) -> HandlerError {
@@ -45,7 +61,7 @@ pub async fn on_build_requested(
     }
     if deployment.abort_requested {
         // A build submitted just before the abort arrived (its id not saved yet) is stopped too.
-        if let Some(build_id) = recorded::<String>(store, &submit_key(&deployment.id)).await? {
+        if let Some(build_id) = recorded::<String>(store, &submit_key(&deployment.id, deployment.repairs)).await? {
             let _ = state.builder.cancel(&build_id).await;
         }
         timeline::abort(store, &mut deployment, version, now()).await?;
@@ -76,7 +92,7 @@ pub async fn on_build_requested(
         timeout: BUILD_TIMEOUT,
     };
     let builder = state.builder.clone();
-    let key = submit_key(&deployment.id);
+    let key = submit_key(&deployment.id, deployment.repairs);
     let submitted = run_once(store, state.ports.clock.as_ref(), &key, chrono::Duration::minutes(5), || async move {
         builder.submit(request).await.map(|handle| handle.build_id)
     })
@@ -171,6 +187,9 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
         return Ok(());
     }
     let adopting = deployment.build_id.is_none();
+    if adopting && superseded(store, &deployment, &notification.build_id).await? {
+        return Ok(());
+    }
     match deployment.build_id.as_deref() {
         // The notification came before the submit saved the id. A deployment has one build (the
         // submit runs once), so this is it: adopt the id with the change this notification makes.
@@ -233,6 +252,19 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
             if !rest.is_empty() {
                 version = timeline::save(store, &deployment, version, rest).await?;
             }
+            // A missing system package: build again with it (the deployment's repairs allowing).
+            // The whole log is read, since pip and npm write much after the line that says why.
+            let log = match status {
+                BuildStatus::Failure if !deployment.abort_requested => {
+                    state.builder.log_lines(&notification.build_id, 0).await.unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            if let Some((plan, reason)) = deployment.plan.as_ref().and_then(|p| package_repair(p, &log))
+                && rebuild(&state.ports, &mut deployment, version, plan, &reason, crate::NAME).await?
+            {
+                return Ok(());
+            }
             timeline::fail(store, &mut deployment, version, fail, now()).await?;
             Ok(())
         }
@@ -280,7 +312,7 @@ pub async fn on_control(state: &AppState, event: devgem_common::events::ControlE
     }
     let build_id = match deployment.build_id.clone() {
         Some(id) => Some(id),
-        None => recorded::<String>(store, &submit_key(&deployment.id)).await?,
+        None => recorded::<String>(store, &submit_key(&deployment.id, deployment.repairs)).await?,
     };
     if let Some(build_id) = build_id
         && state.builder.cancel(&build_id).await.is_ok()

@@ -3,7 +3,9 @@
 //! repeated, and a deployment that is already live or failed is left alone.
 
 use crate::AppState;
-use crate::repair::{MAX_REPAIRS, diagnose, explain, missing_env};
+use crate::repair::{diagnose, explain, image_repair, missing_env};
+use devgem_common::model::deployment::MAX_REPAIRS;
+use devgem_common::deployments::rebuild;
 use devgem_common::events::ReleaseRequested;
 use devgem_common::handler::HandlerError;
 use devgem_common::ids::EnvVarName;
@@ -34,7 +36,9 @@ pub async fn on_release(state: &AppState, event: ReleaseRequested) -> Result<(),
         timeline::abort(store, &mut deployment, version, now()).await?;
         return Ok(());
     }
-    if !matches!(deployment.state, DeploymentState::Deploying | DeploymentState::Verifying) {
+    // A release of an image that a repair has replaced (a redelivery) is not this deployment's.
+    let current = deployment.build_id.as_deref() == Some(event.build_id.as_str());
+    if !current || !matches!(deployment.state, DeploymentState::Deploying | DeploymentState::Verifying) {
         return Ok(());
     }
     let Some(plan) = deployment.plan.clone() else {
@@ -100,7 +104,12 @@ pub async fn on_control(state: &AppState, event: devgem_common::events::ControlE
 /// redelivery) returns the same revision rather than a second one.
 fn revision_name(deployment: &devgem_common::model::deployment::Deployment) -> String {
     let id = deployment.id.as_str();
-    format!("{}-{}", deployment.service, &id[id.len().saturating_sub(10)..])
+    let name = format!("{}-{}", deployment.service, &id[id.len().saturating_sub(10)..]);
+    // Each repair makes a new revision; the one that did not start is gone.
+    match deployment.repairs {
+        0 => name,
+        n => format!("{name}-r{n}"),
+    }
 }
 
 /// Creates (once), verifies and routes the revision; ends the deployment live or failed.
@@ -114,27 +123,31 @@ async fn release(
     let store = state.ports.store.as_ref();
     let now = || state.ports.clock.now();
     let mut spec = spec;
-    let base_name = spec.name.clone().unwrap_or_default();
-    let mut repairs = 0;
     let created = loop {
         match state.runtime.create_revision(spec.clone()).await {
             Ok(info) => break info,
             Err(RuntimeError::StartFailed(why)) => {
-                // The output may say where the app really listens: route there, at most twice.
-                if repairs < MAX_REPAIRS
-                    && let Some(repair) = diagnose(&why, spec.port)
+                // The output may say where the app really listens: route there.
+                if let Some(repair) = diagnose(&why, spec.port)
+                    && deployment.take_repair()
                 {
-                    repairs += 1;
                     spec.port = repair.port;
-                    spec.name = Some(format!("{base_name}-r{repairs}"));
+                    spec.name = Some(revision_name(deployment));
                     if let Some(plan) = deployment.plan.as_mut() {
                         plan.port = repair.port;
                         plan.notes.push(repair.reason.clone());
                     }
-                    let text = format!("Repair {repairs} of {MAX_REPAIRS}: {}; starting it again", repair.reason);
+                    let text =
+                        format!("Repair {} of {MAX_REPAIRS}: {}; starting it again", deployment.repairs, repair.reason);
                     let events = vec![update(deployment, Stage::Deploy, StageStatus::Running, text)];
                     version = timeline::save(store, deployment, version, events).await?;
                     continue;
+                }
+                // A missing library or a wrong start command: a new image.
+                if let Some((plan, reason)) = deployment.plan.as_ref().and_then(|p| image_repair(p, &why))
+                    && rebuild(&state.ports, deployment, version, plan, &reason, crate::NAME).await?
+                {
+                    return Ok(());
                 }
                 let mut fail = match missing_env(&why) {
                     Some(name) => failure(

@@ -1,12 +1,17 @@
-//! Start-failure repairs: when a new revision does not listen on `$PORT` but its output says
-//! where it does listen, the deploy starts it again routed to that port (at most twice), and
-//! tells the user what it changed and why.
+//! Start-failure repairs, each told to the user with what changed and why (at most
+//! [`MAX_REPAIRS`](devgem_common::model::deployment::MAX_REPAIRS) per deployment):
+//! - the app listens on another port than `$PORT` and says where: the revision is started again
+//!   routed to that port ([`diagnose`]);
+//! - it misses a shared library DevGem knows the Debian package of, or its start command names a
+//!   file, module or program that is not there while the analysis found another one: the plan's
+//!   Dockerfile is changed and the image built again ([`image_repair`]).
+//!
+//! What no change can fix (a variable without a value) is explained instead.
 
+use devgem_common::dockerfile::edit::{with_packages, with_start_command};
+use devgem_common::model::deployment::DeploymentPlan;
 use regex::Regex;
 use std::sync::LazyLock;
-
-/// How many times a deployment's start is repaired before it fails.
-pub const MAX_REPAIRS: u32 = 2;
 
 /// A change to the revision that should let it start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +74,45 @@ const LIBRARY_PACKAGES: &[(&str, &str)] = &[
     ("libXext.so.6", "libxext6"),
     ("libXrender.so.1", "libxrender1"),
 ];
+
+static WRONG_START: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r#"can't open file|Cannot find module|No module named|Failed to find attribute|Missing script|: not found|No such file or directory"#,
+    )
+    .unwrap_or_else(|e| unreachable!("invalid built-in pattern: {e}"))
+});
+
+/// The Debian package of a shared library a start failure says is missing, when DevGem knows it.
+fn missing_package(failure: &str) -> Option<(String, &'static str)> {
+    let library = MISSING_LIBRARY.captures(failure)?["lib"].to_owned();
+    let package = LIBRARY_PACKAGES.iter().find(|(lib, _)| *lib == library).map(|(_, p)| *p)?;
+    Some((library, package))
+}
+
+/// A change to the plan's image that should let it start, with the sentence that tells the user
+/// what changed and why; `None` when the failure gives no such evidence or the change was made.
+pub fn image_repair(plan: &DeploymentPlan, failure: &str) -> Option<(DeploymentPlan, String)> {
+    if let Some((library, package)) = missing_package(failure) {
+        let installs = plan.dockerfile.lines().any(|l| l.contains("apt-get install") && l.contains(package));
+        if installs {
+            return None;
+        }
+        let dockerfile = with_packages(&plan.dockerfile, &[package.to_owned()])?;
+        let reason = format!("the app needs {library}, so DevGem added the Debian package {package} to the Dockerfile");
+        return Some((DeploymentPlan { dockerfile, ..plan.clone() }, reason));
+    }
+    let evidence = WRONG_START.find(failure)?.as_str().trim_start_matches(": ").to_owned();
+    let current = plan.start_command.clone().unwrap_or_default();
+    let next = plan.start_alternatives.iter().find(|a| **a != current)?.clone();
+    let mut repaired = plan.clone();
+    repaired.dockerfile = with_start_command(&plan.dockerfile, &next)?;
+    repaired.start_command = Some(next.clone());
+    repaired.start_alternatives.retain(|a| *a != next);
+    let reason = format!(
+        "`{current}` did not start the app ({evidence}); DevGem starts it with `{next}`, which the code suggests, instead"
+    );
+    Some((repaired, reason))
+}
 
 /// A start failure in plain words with what to do, when its output says why: a shared library
 /// or a program the image lacks. DevGem cannot change the host's packages or the app's
@@ -173,6 +217,45 @@ mod tests {
             "{gunicorn:?}"
         );
         assert_eq!(explain(&exited("ValueError: bad config")), None);
+    }
+
+    fn plan(dockerfile: &str, start: &str, alternatives: &[&str]) -> DeploymentPlan {
+        DeploymentPlan {
+            app_dir: ".".into(),
+            origin: "python-pip".into(),
+            dockerfile: dockerfile.into(),
+            dockerignore: String::new(),
+            start_command: Some(start.into()),
+            start_alternatives: alternatives.iter().map(|a| (*a).to_owned()).collect(),
+            port: 8080,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_known_missing_library_is_installed_once() {
+        let before = plan("FROM python:3.12-slim\nCOPY . .\nUSER app\nCMD python app.py\n", "python app.py", &[]);
+        let failure = "the app exited with status 1 before listening: ImportError: libGL.so.1: cannot open shared object file: No such file or directory";
+        let (after, reason) = image_repair(&before, failure).expect("repaired");
+        assert!(after.dockerfile.contains("apt-get install -y --no-install-recommends libgl1"), "{}", after.dockerfile);
+        assert!(reason.contains("libGL.so.1") && reason.contains("libgl1"), "{reason}");
+        assert_eq!(image_repair(&after, failure), None, "the package is there already: nothing more to try");
+        let unknown = "ImportError: libfoo.so.3: cannot open shared object file: No such file or directory";
+        assert_eq!(image_repair(&before, unknown), None, "no package known for it");
+    }
+
+    #[test]
+    fn a_wrong_start_command_gives_way_to_the_one_the_code_suggests() {
+        let before =
+            plan("FROM python:3.12-slim\nCOPY . .\nCMD python server.py\n", "python server.py", &["python app.py"]);
+        let failure = "the app exited with status 2 before listening: python: can't open file '/app/server.py': [Errno 2] No such file or directory";
+        let (after, reason) = image_repair(&before, failure).expect("repaired");
+        assert!(after.dockerfile.ends_with("CMD python app.py\n") && !after.dockerfile.contains("server.py"));
+        assert_eq!(after.start_command.as_deref(), Some("python app.py"));
+        assert!(after.start_alternatives.is_empty());
+        assert!(reason.contains("`python server.py`") && reason.contains("can't open file"), "{reason}");
+        assert_eq!(image_repair(&after, failure), None, "no other command left to try");
+        assert_eq!(image_repair(&before, "the app exited with status 1 before listening: ValueError: bad"), None);
     }
 
     #[test]

@@ -158,7 +158,7 @@ fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service, compose: Option
             if named.is_none() && deploy_config::uses_port_env(&command) {
                 service.honours_port = true;
             }
-            service.start_command = Some(command);
+            override_start(service, command);
         }
     } else if ctx.exists("Dockerfile") {
         service.has_dockerfile = true;
@@ -175,7 +175,7 @@ fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service, compose: Option
             service.port = Some(8080);
             service.honours_port = true;
         }
-        service.start_command = Some(command);
+        override_start(service, command);
         return;
     }
     if let Some((command, _)) = compose.and_then(|c| c.command.clone()) {
@@ -183,7 +183,17 @@ fn apply_deploy_config(ctx: &mut Ctx<'_>, service: &mut Service, compose: Option
         if let Some(port) = deploy_config::port_in_command(&command) {
             service.port = Some(port);
         }
-        service.start_command = Some(command);
+        override_start(service, command);
+    }
+}
+
+/// Sets the start command the repository's own config names, keeping the one the code suggested
+/// as an alternative.
+fn override_start(service: &mut Service, command: String) {
+    if let Some(previous) = service.start_command.replace(command)
+        && service.start_command.as_deref() != Some(previous.as_str())
+    {
+        service.start_alternatives.push(previous);
     }
 }
 

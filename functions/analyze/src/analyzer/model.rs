@@ -131,6 +131,10 @@ pub struct Service {
     /// (`.next/standalone` for Next.js `output: 'standalone'`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_output: Option<String>,
+    /// Start commands the code suggests that the repository's Dockerfile, Procfile or compose
+    /// command overrode: what DevGem tries when that command does not start the app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_alternatives: Vec<String>,
 }
 
 impl Service {
@@ -148,6 +152,7 @@ impl Service {
             system_packages: Vec::new(),
             has_dockerfile: false,
             app_dir: app_dir.to_owned(),
+            start_alternatives: Vec::new(),
             build_output: None,
         }
     }

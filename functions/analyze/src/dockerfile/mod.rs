@@ -453,6 +453,11 @@ fn elixir(service: &Service, df: &mut Df) -> &'static str {
 }
 
 /// The start command as the container runs it, relative to where the templates put things.
+/// `command` as the container runs it: made to listen on `$PORT` where the framework allows.
+pub fn runnable(service: &Service, command: &str) -> String {
+    listen_on_port(service, &container_command(service, command)).0
+}
+
 fn container_command(service: &Service, command: &str) -> String {
     match service.language {
         Some(Language::Java | Language::Kotlin) if command.contains("quarkus-run.jar") => {

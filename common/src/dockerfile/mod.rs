@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod edit;
+
 /// A command as written: exec form (`["a", "b"]`) or shell form (`a b`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
