@@ -619,8 +619,9 @@ async fn a_build_that_misses_a_system_package_is_built_again_with_it_once() {
     let events = session_events(&app, created["session_id"].as_str().expect("session")).await;
     let told = events.iter().filter_map(|e| e["data"]["text"].as_str()).find(|t| t.starts_with("Repair 1 of 2"));
     assert!(
-        told.is_some_and(|t| t.contains("the build log says `Error: pg_config executable not found.`")
-            && t.contains("libpq-dev")),
+        told.is_some_and(
+            |t| t.contains("the build log says `Error: pg_config executable not found.`") && t.contains("libpq-dev")
+        ),
         "{told:?}"
     );
     assert_eq!(count_dirs(&app.embedded.data_dir.join("builder/builds")), 2, "one build per attempt");

@@ -119,7 +119,10 @@ CMD [\"--port\", \"8080\"]
     fn the_start_command_replaces_cmd_and_entrypoint_of_the_final_stage_only() {
         let text = with_start_command(MULTI_STAGE, "/app --listen 0.0.0.0:$PORT").expect("edited");
         let parsed = parse(&text).expect("still a Dockerfile");
-        assert_eq!(parsed.final_stage().and_then(|s| s.start_command()).as_deref(), Some("/app --listen 0.0.0.0:$PORT"));
+        assert_eq!(
+            parsed.final_stage().and_then(|s| s.start_command()).as_deref(),
+            Some("/app --listen 0.0.0.0:$PORT")
+        );
         assert!(!text.contains("ENTRYPOINT"), "{text}");
         let continued = "FROM python:3.12-slim\nCMD python \\\n  main.py\nEXPOSE 8080\n";
         let text = with_start_command(continued, "python app.py").expect("edited");

@@ -372,8 +372,7 @@ impl Deployment {
         if self.state.is_terminal() {
             return Err(TransitionError::Terminal(self.state.as_str()));
         }
-        if !matches!(self.state, DeploymentState::Building | DeploymentState::Deploying | DeploymentState::Verifying)
-        {
+        if !matches!(self.state, DeploymentState::Building | DeploymentState::Deploying | DeploymentState::Verifying) {
             return Err(TransitionError::Illegal { from: self.state.as_str(), to: DeploymentState::Building.as_str() });
         }
         self.plan = Some(plan);

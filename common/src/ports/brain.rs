@@ -33,7 +33,13 @@ pub struct BrainMessage {
 
 impl BrainMessage {
     pub fn system(content: impl Into<String>) -> Self {
-        Self { role: Role::System, content: content.into(), tool_calls: Vec::new(), tool_call_id: None, tool_name: None }
+        Self {
+            role: Role::System,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            tool_name: None,
+        }
     }
 
     pub fn user(content: impl Into<String>) -> Self {

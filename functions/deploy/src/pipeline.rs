@@ -4,11 +4,11 @@
 
 use crate::AppState;
 use crate::repair::{diagnose, explain, image_repair, missing_env};
-use devgem_common::model::deployment::MAX_REPAIRS;
 use devgem_common::deployments::rebuild;
 use devgem_common::events::ReleaseRequested;
 use devgem_common::handler::HandlerError;
 use devgem_common::ids::EnvVarName;
+use devgem_common::model::deployment::MAX_REPAIRS;
 use devgem_common::model::deployment::{DeploymentState, FailureCause, Stage, StageStatus};
 use devgem_common::model::service::{Revision, Service};
 use devgem_common::ports::runtime::{EnvValue, RevisionSpec, RuntimeError};
