@@ -38,6 +38,8 @@ pub struct Embedded {
     pub runtime: LocalRuntime,
     /// Where the analyze function fetches snapshots.
     pub work_dir: PathBuf,
+    /// The chat's LLM (`DEVGEM_BRAIN`); `None`: the offline rules answer everything.
+    pub brain: Option<Arc<dyn devgem_common::ports::brain::Brain>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,17 @@ impl Embedded {
         )?;
         let work_dir = data_dir.join("work");
         std::fs::create_dir_all(&work_dir).map_err(|source| OpenError::DataDir { path: work_dir.clone(), source })?;
-        Ok(Self { data_dir: data_dir.to_owned(), ports, bus, identity, source, secrets, builder, runtime, work_dir })
+        Ok(Self {
+            data_dir: data_dir.to_owned(),
+            ports,
+            bus,
+            identity,
+            source,
+            secrets,
+            builder,
+            runtime,
+            work_dir,
+            brain: None,
+        })
     }
 }

@@ -50,6 +50,10 @@ impl Function {
                 ports,
                 secrets: embedded.secrets.clone(),
                 runtime: Arc::new(embedded.runtime.clone()),
+                source: embedded.source.clone(),
+                source_limits: Default::default(),
+                work_dir: embedded.work_dir.clone(),
+                brain: embedded.brain.clone(),
             }),
             Function::Analyze => devgem_analyze::router(devgem_analyze::AppState {
                 ports,

@@ -22,6 +22,9 @@ pub struct StartRequest {
     pub env: BTreeMap<String, String>,
     /// Values that are secret; env values whose names look secret are treated the same.
     pub secrets: BTreeMap<String, String>,
+    /// Secrets already in the Secrets port, carried over from an earlier deployment (a redeploy
+    /// with one variable changed keeps the others without anyone re-typing them).
+    pub secret_refs: BTreeMap<String, crate::ports::secrets::SecretRef>,
     pub allow_risky: bool,
     /// The session to report in; a new one when absent.
     pub session_id: Option<SessionId>,
@@ -55,6 +58,35 @@ pub fn looks_secret(name: &str) -> bool {
         .any(|needle| upper.contains(needle))
 }
 
+/// `text` with the values of secret assignments masked: everything after the `=` of a chat
+/// command `set secret NAME=value` (or `set NAME=value` for a secret-looking name), and the value
+/// of any `NAME=value` word whose name looks secret. For what is shown and stored of a message.
+pub fn redact_secret_values(text: &str) -> String {
+    const MASK: &str = "••••••";
+    if let Some((before, _)) = text.split_once('=') {
+        let command = before.trim_start().to_ascii_lowercase();
+        let name = before.split_whitespace().last().unwrap_or("");
+        if command.starts_with("set ") && (command.starts_with("set secret") || looks_secret(name)) {
+            return format!("{before}={MASK}");
+        }
+    }
+    text.split_inclusive(char::is_whitespace)
+        .map(|token| {
+            let word = token.trim_end();
+            match word.split_once('=') {
+                Some((name, value))
+                    if !value.is_empty()
+                        && looks_secret(name)
+                        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                {
+                    format!("{name}={MASK}{}", &token[word.len()..])
+                }
+                _ => token.to_owned(),
+            }
+        })
+        .collect()
+}
+
 /// Where a source string points, or why it points nowhere.
 pub fn source_location(raw: &str) -> Result<SourceLocation, StartError> {
     let raw = raw.trim();
@@ -83,7 +115,7 @@ pub async fn start(
         Some(name) => ServiceName::parse(name).map_err(|e| StartError::Invalid(e.to_string()))?,
         None => ServiceName::derive_from(derived_from),
     };
-    for name in request.env.keys().chain(request.secrets.keys()) {
+    for name in request.env.keys().chain(request.secrets.keys()).chain(request.secret_refs.keys()) {
         EnvVarName::parse(name).map_err(|e| StartError::Invalid(e.to_string()))?;
     }
     let session_id = request.session_id.clone().unwrap_or_else(SessionId::generate);
@@ -109,6 +141,11 @@ pub async fn start(
             deployment.secret_env.insert(name.clone(), reference);
         } else {
             deployment.env.insert(name.clone(), value.clone());
+        }
+    }
+    for (name, reference) in &request.secret_refs {
+        if !deployment.env.contains_key(name) {
+            deployment.secret_env.entry(name.clone()).or_insert_with(|| reference.clone());
         }
     }
     deployment.allow_risky = request.allow_risky;
@@ -229,4 +266,21 @@ pub async fn rebuild(
         .await
         .map_err(|e| HandlerError::Transient(format!("publishing the build request: {e}")))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_values_in_messages_are_masked() {
+        assert_eq!(redact_secret_values("set secret STRIPE=sk_live_1 2"), "set secret STRIPE=••••••");
+        assert_eq!(redact_secret_values("set API_TOKEN = abc"), "set API_TOKEN =••••••");
+        assert_eq!(redact_secret_values("set DEBUG=1"), "set DEBUG=1", "not a secret");
+        assert_eq!(
+            redact_secret_values("deploy it with DB_PASSWORD=hunter2 and MODE=fast please"),
+            "deploy it with DB_PASSWORD=•••••• and MODE=fast please"
+        );
+        assert_eq!(redact_secret_values("why did it fail?"), "why did it fail?");
+    }
 }

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 pub enum PendingQuestion {
     /// "Shall I roll back to revision N?"
     Rollback { service: ServiceName, to_revision: String, alert_id: String },
-    /// "Deploy anyway?" after a blocking security finding, and similar confirmations.
-    Confirm { action: String },
+    /// "Deploy anyway?" after a blocking security finding, and similar confirmations: the chat
+    /// tool call that "yes" runs.
+    Confirm { tool: String, arguments: serde_json::Value },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -181,6 +181,7 @@ pub async fn create_deployment(
         secrets: request.secrets,
         allow_risky: request.allow_risky,
         session_id,
+        ..StartRequest::default()
     };
     let correlation_id = correlation.map(|c| c.0).unwrap_or_else(devgem_common::ids::CorrelationId::generate);
     match start(&state.ports, state.secrets.as_ref(), &caller.user_id, correlation_id, start_request, crate::NAME).await
@@ -341,7 +342,8 @@ pub async fn post_message(
     let shown = NewEvent {
         kind: SessionEventKind::Message,
         correlation_id: correlation_id.clone(),
-        data: serde_json::json!({ "role": "user", "text": text }),
+        // Shown and stored with secret values masked; the turn carries them to the chat only.
+        data: serde_json::json!({ "role": "user", "text": devgem_common::deployments::redact_secret_values(text) }),
     };
     state
         .ports

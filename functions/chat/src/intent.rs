@@ -22,6 +22,16 @@ pub enum Intent {
     Logs {
         lines: usize,
     },
+    /// `set [env|secret] NAME=value`: deploy the latest service again with it.
+    SetEnv {
+        name: String,
+        value: String,
+        secret: bool,
+    },
+    /// `unset NAME`: deploy the latest service again without it.
+    UnsetEnv {
+        name: String,
+    },
     Help,
     Yes,
     No,
@@ -42,12 +52,22 @@ static NAME: LazyLock<Regex> = LazyLock::new(|| regex(r"(?i)\b(?:as|named|name)\
 static ROLLBACK: LazyLock<Regex> = LazyLock::new(|| {
     regex(r"(?i)^(?:please\s+)?(?:roll\s*back|revert|undo)(?:\s+(?:the\s+)?(?P<service>[a-z][a-z0-9-]*))?")
 });
+static SET_ENV: LazyLock<Regex> = LazyLock::new(|| {
+    regex(
+        r"(?i)^(?:please\s+)?set\s+(?:(?P<secret>secret)|env(?:ironment)?(?:\s+var(?:iable)?)?\s+)?\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*)$",
+    )
+});
+static UNSET_ENV: LazyLock<Regex> = LazyLock::new(|| {
+    regex(
+        r"(?i)^(?:please\s+)?(?:unset|remove)\s+(?:env(?:ironment)?\s+(?:var(?:iable)?\s+)?|secret\s+)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)$",
+    )
+});
 static LOGS: LazyLock<Regex> =
     LazyLock::new(|| regex(r"(?i)^(?:show\s+(?:me\s+)?)?(?:the\s+)?logs?(?:\s+(?P<n>\d+))?\b"));
 
 /// Reads one user message.
-pub fn parse(text: &str) -> Intent {
-    let text = text.trim().trim_end_matches(['.', '!', '?']);
+pub fn parse(raw: &str) -> Intent {
+    let text = raw.trim().trim_end_matches(['.', '!', '?']);
     let lower = text.to_ascii_lowercase();
     if let Some(captures) = DEPLOY.captures(text) {
         let rest = captures.name("rest").map_or("", |m| m.as_str());
@@ -56,6 +76,17 @@ pub fn parse(text: &str) -> Intent {
             git_ref: REF.captures(rest).map(|c| c["ref"].to_owned()),
             name: NAME.captures(rest).map(|c| c["name"].to_owned()),
         };
+    }
+    // Read from the untrimmed message: a value may end with punctuation.
+    if let Some(captures) = SET_ENV.captures(raw.trim()) {
+        return Intent::SetEnv {
+            name: captures["name"].to_owned(),
+            value: captures["value"].trim().to_owned(),
+            secret: captures.name("secret").is_some(),
+        };
+    }
+    if let Some(captures) = UNSET_ENV.captures(text) {
+        return Intent::UnsetEnv { name: captures["name"].to_owned() };
     }
     if let Some(captures) = ROLLBACK.captures(text) {
         let service = captures
@@ -131,5 +162,18 @@ mod tests {
         assert_eq!(parse("yes please"), Intent::Yes);
         assert_eq!(parse("no"), Intent::No);
         assert_eq!(parse("tell me a joke"), Intent::Unknown);
+    }
+
+    #[test]
+    fn env_changes_are_read_with_their_value() {
+        let set =
+            |name: &str, value: &str, secret: bool| Intent::SetEnv { name: name.into(), value: value.into(), secret };
+        assert_eq!(parse("set DEBUG=1"), set("DEBUG", "1", false));
+        assert_eq!(parse("set env GREETING = hello world!"), set("GREETING", "hello world!", false));
+        assert_eq!(parse("set secret STRIPE_KEY=sk_live_abc.def"), set("STRIPE_KEY", "sk_live_abc.def", true));
+        assert_eq!(parse("set environment variable X="), set("X", "", false));
+        assert_eq!(parse("unset DEBUG"), Intent::UnsetEnv { name: "DEBUG".into() });
+        assert_eq!(parse("remove secret STRIPE_KEY"), Intent::UnsetEnv { name: "STRIPE_KEY".into() });
+        assert_eq!(parse("set up my project"), Intent::Unknown);
     }
 }

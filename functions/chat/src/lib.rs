@@ -1,11 +1,20 @@
 //! The `chat` function: a user's messages turned into answers and actions.
 //!
-//! - `POST /push/chat-turns` (`dev.devgem.chat.turn.v1`): the fast path ([`intent`], rules, no
-//!   LLM) answers help, status, list, why-did-it-fail and logs, and starts deploys, aborts and
-//!   rollbacks asked for in the user's own words ([`turn`]). The LLM brains arrive with the rest
-//!   of the chat issue.
+//! - `POST /push/chat-turns` (`dev.devgem.chat.turn.v1`): one message answered ([`turn`]): a
+//!   yes/no to the session's pending question, the rules' fast path ([`intent`], [`rules`]) for
+//!   clear intents, the configured LLM ([`AppState::brain`]) for the rest, all through the same
+//!   [`tools`] and the same guard on side effects.
+//!
+//! # Layout
+//! - [`intent`]: the user's words read by rules; [`rules`]: the offline [`Brain`] built on them.
+//! - [`tools`]: the tools, their JSON Schemas and the side-effect guard; [`inspect`]:
+//!   `clone_and_analyze`.
+//! - [`turn`]: the conversation loop, pending questions, LLM fallback.
 
+pub mod inspect;
 pub mod intent;
+pub mod rules;
+pub mod tools;
 pub mod turn;
 
 use axum::Router;
@@ -13,8 +22,11 @@ use devgem_common::events::ChatTurn;
 use devgem_common::function::health_router;
 use devgem_common::handler::{PushState, push_route};
 use devgem_common::ports::Ports;
+use devgem_common::ports::brain::Brain;
 use devgem_common::ports::runtime::Runtime;
 use devgem_common::ports::secrets::Secrets;
+use devgem_common::ports::source::{Source, SourceLimits};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The function's name, as `devgem serve chat` and the Cloud Run service know it.
@@ -29,6 +41,13 @@ pub struct AppState {
     pub ports: Ports,
     pub secrets: Arc<dyn Secrets>,
     pub runtime: Arc<dyn Runtime>,
+    /// `clone_and_analyze` fetches through it, with the same guard and limits as a deploy.
+    pub source: Arc<dyn Source>,
+    pub source_limits: SourceLimits,
+    /// Where fetched repositories are read (and removed afterwards).
+    pub work_dir: PathBuf,
+    /// The LLM for messages the rules do not read; `None`: the rules answer everything.
+    pub brain: Option<Arc<dyn Brain>>,
 }
 
 /// The function's routes.
