@@ -52,6 +52,8 @@ pub enum OpenError {
     Bus(#[from] devgem_common::ports::bus::BusError),
     #[error("cannot open the blob directory: {0}")]
     Blobs(#[from] devgem_common::ports::blobs::BlobError),
+    #[error("the chat's LLM is misconfigured: {0}")]
+    Brain(#[from] devgem_infra::brain::BrainConfigError),
     #[error("cannot start the local builder: {0}")]
     Builder(#[from] devgem_infra::local::builder::BuildError),
     #[error("cannot start the local runtime: {0}")]
@@ -75,6 +77,18 @@ impl Embedded {
 
     /// Opens every adapter on `data_dir` with explicit options (tests: loopback git, a short
     /// startup timeout, a key of their own).
+    /// Sets the chat's LLM from `DEVGEM_BRAIN` and its settings (docs: `devgem_infra::brain`);
+    /// the chain's fallback notices go to the conversation being answered.
+    pub async fn with_brain_from_env(mut self) -> Result<Self, OpenError> {
+        let config = devgem_infra::brain::BrainConfig::from_env(|name| std::env::var(name).ok())?;
+        let notices: devgem_infra::brain::OnNotice = Arc::new(devgem_chat::turn::notice);
+        self.brain = devgem_infra::brain::build(&config, self.secrets.as_ref(), Some(notices)).await?;
+        if let Some(brain) = &self.brain {
+            tracing::info!(?brain, "the chat answers with an LLM where its rules do not");
+        }
+        Ok(self)
+    }
+
     pub fn open_with(data_dir: &Path, options: EmbeddedOptions) -> Result<Self, OpenError> {
         let EmbeddedOptions { policy, startup_timeout, secrets_key } = options;
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir { path: data_dir.to_owned(), source })?;

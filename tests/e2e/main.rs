@@ -3,6 +3,7 @@
 //! `support` starts either the real `devgem` binary on a fresh data dir or the whole router set
 //! in-process on a free port. Logs print only with `TEST_LOG=1`.
 
+mod brain;
 mod builder;
 mod chat;
 mod cli_tools;

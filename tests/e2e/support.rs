@@ -132,6 +132,16 @@ pub async fn spawn_app() -> TestApp {
 
 /// The router set, with git served from `allow_hosts` exempt from the address guard.
 pub async fn spawn_app_with_hosts(allow_hosts: &[&str]) -> TestApp {
+    spawn(allow_hosts, &[]).await
+}
+
+/// The router set with the chat's LLM configured from `brain_settings` (as `DEVGEM_BRAIN` and
+/// its variables would be in the environment), built the way `devgem up` builds it.
+pub async fn spawn_app_with_brain(brain_settings: &[(&str, &str)]) -> TestApp {
+    spawn(&[], brain_settings).await
+}
+
+async fn spawn(allow_hosts: &[&str], brain_settings: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = devgem_infra::source::SourcePolicy {
         allow_local_paths: true,
@@ -143,7 +153,14 @@ pub async fn spawn_app_with_hosts(allow_hosts: &[&str]) -> TestApp {
         startup_timeout: Duration::from_secs(5),
         secrets_key: dir.path().with_extension("secrets.key"),
     };
-    let embedded = Embedded::open_with(dir.path(), options).expect("open embedded adapters");
+    let mut embedded = Embedded::open_with(dir.path(), options).expect("open embedded adapters");
+    if !brain_settings.is_empty() {
+        let lookup = |name: &str| brain_settings.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+        let config = devgem_infra::brain::BrainConfig::from_env(lookup).expect("brain settings");
+        let notices: devgem_infra::brain::OnNotice = std::sync::Arc::new(devgem_chat::turn::notice);
+        embedded.brain =
+            devgem_infra::brain::build(&config, embedded.secrets.as_ref(), Some(notices)).await.expect("brain");
+    }
     let admin = embedded.identity.ensure_admin(None).await.expect("admin").expect("new admin");
     let app = App::build(embedded.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -23,6 +23,18 @@ use devgem_common::ports::brain::{Brain, BrainError, BrainMessage, BrainRequest,
 use devgem_common::ports::store::{DocKey, NewEvent, Scope, SessionEventKind, StoreExt, Write, to_data};
 use serde_json::json;
 
+tokio::task_local! {
+    /// The fallback notices of the turn being answered (see [`notice`]).
+    static NOTICES: std::cell::RefCell<Vec<String>>;
+}
+
+/// Receives an LLM chain's fallback notice ("Vertex AI in us-central1 is rate limited; using
+/// europe-west1"). The chain calls it on the task that asked, so it lands with the turn being
+/// answered, which shows it as an `ai_thought` line. `devgem up` and `serve` wire it.
+pub fn notice(text: String) {
+    let _ = NOTICES.try_with(|notices| notices.borrow_mut().push(text));
+}
+
 /// Model round trips per turn, at most (each may run several tools).
 const MAX_STEPS: usize = 6;
 /// Earlier messages of the session a model sees.
@@ -59,7 +71,8 @@ pub async fn on_turn(state: &AppState, turn: ChatTurn) -> Result<(), HandlerErro
     let scope = Scope::Owner(turn.user_id.clone());
     let session = store.get_typed::<Session>(&scope, &session_key).await?.map(|(s, _)| s);
     let caller = Caller { state, turn: &turn, correlation_id: &correlation_id };
-    let reply = respond(caller, session.as_ref().and_then(|s| s.pending_question.as_ref())).await?;
+    let pending = session.as_ref().and_then(|s| s.pending_question.as_ref());
+    let reply = NOTICES.scope(Default::default(), respond(caller, pending)).await?;
 
     let mut text = reply.text;
     let mut writes = Vec::new();
@@ -188,7 +201,11 @@ async fn converse(
     let mut question = None;
     for _ in 0..MAX_STEPS {
         let request = BrainRequest { messages: messages.clone(), tools: tools::specs(), priority: Priority::Chat };
-        let reply = match brain.complete(request).await {
+        let answer = brain.complete(request).await;
+        for line in NOTICES.try_with(|n| std::mem::take(&mut *n.borrow_mut())).unwrap_or_default() {
+            thought(caller, line).await?;
+        }
+        let reply = match answer {
             Ok(reply) => reply,
             Err(e) => return Ok(Err(e)),
         };
