@@ -15,6 +15,7 @@ fn render(event: &Value) -> Option<String> {
     let data = &event["data"];
     match event["type"].as_str()? {
         "message" if data["role"] == "assistant" => Some(format!("devgem> {}", data["text"].as_str()?)),
+        "ai_thought" => Some(format!("        ({})", data["text"].as_str()?)),
         "deployment_update" => Some(format!("        [{}] {}", data["stage"].as_str()?, data["text"].as_str()?)),
         "deployment_complete" => Some(match data["state"].as_str()? {
             "live" => format!("        live at {}", data["url"].as_str().unwrap_or("")),

@@ -1,7 +1,7 @@
 //! Fast-path chat turns (docs/PERF.md): a `chat.turn` push received by the chat function → its
 //! reply event written (the handler answers the push only after the reply's transaction has
-//! committed), on the embedded default, for each rules intent that reads the store. The user has
-//! 20 deployments, one of them failed, so status, list and why-did-it-fail do real queries.
+//! committed), on the embedded default, for each rules intent. The user has 20 deployments, so
+//! status, list and why-did-it-fail query them (none failed: why-did-it-fail reads them all).
 //!
 //! `cargo bench -p devgem-e2e --bench chat`
 

@@ -3,7 +3,7 @@
 //! deploy through tool calls; a model that obeys text planted in a README or in app logs has
 //! every side effect refused; a model that is down leaves the rules to answer.
 
-use crate::support::{TestApp, spawn_app_with_brain};
+use crate::support::{Conn, TestApp, answer, api, events, say, spawn_app_with_brain};
 use axum::Json;
 use axum::extract::State;
 use axum::routing::post;
@@ -72,66 +72,11 @@ fn tool_results(request: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A server and the admin token, in-process or a `devgem up` process.
-struct Conn {
-    url: String,
-    token: String,
-}
-
-impl From<&TestApp> for Conn {
-    fn from(app: &TestApp) -> Self {
-        Self { url: app.url.clone(), token: app.admin_token.clone() }
-    }
-}
-
 async fn with_model(script: Script) -> (TestApp, Arc<Mutex<Vec<Value>>>) {
     let (url, requests) = mock_model(script).await;
     let settings =
         [("DEVGEM_BRAIN", "openai"), ("DEVGEM_OPENAI_BASE_URL", url.as_str()), ("DEVGEM_OPENAI_MODEL", "mock")];
     (spawn_app_with_brain(&settings).await, requests)
-}
-
-async fn api(app: impl Into<Conn>, method: &str, path: &str, body: Option<Value>) -> Value {
-    let app = app.into();
-    let mut request = reqwest::Client::new()
-        .request(method.parse().expect("method"), format!("{}{path}", app.url))
-        .bearer_auth(&app.token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    response.json().await.unwrap_or(Value::Null)
-}
-
-async fn say(app: impl Into<Conn>, session: &str, text: &str) {
-    api(app, "POST", &format!("/api/sessions/{session}/messages"), Some(json!({ "text": text }))).await;
-}
-
-async fn events(app: impl Into<Conn>, session: &str) -> Vec<Value> {
-    api(app, "GET", &format!("/api/sessions/{session}/events?limit=1000"), None)
-        .await
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Waits for the `n`th assistant message of the session (1-based).
-async fn answer(app: impl Into<Conn>, session: &str, n: usize) -> String {
-    let app = app.into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answers: Vec<String> = events(&app, session)
-            .await
-            .iter()
-            .filter(|e| e["type"] == "message" && e["data"]["role"] == "assistant")
-            .filter_map(|e| e["data"]["text"].as_str().map(str::to_owned))
-            .collect();
-        if let Some(text) = answers.get(n - 1) {
-            return text.clone();
-        }
-        assert!(Instant::now() < deadline, "no answer {n} in {session}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn thoughts(app: &TestApp, session: &str) -> Vec<String> {
@@ -170,10 +115,24 @@ async fn a_model_deploys_through_tool_calls_when_the_user_asks_in_their_own_word
     let repo = static_site();
     let source = repo.path().display().to_string();
     let for_script = source.clone();
-    let script: Script = Arc::new(move |request| match tool_results(request).len() {
-        0 => calls(&[("clone_and_analyze", json!({ "source": for_script }))]),
-        1 => calls(&[("deploy", json!({ "source": for_script, "name": "llmsite" }))]),
-        _ => text("Your site is on its way; I will report each stage."),
+    let script: Script = Arc::new(move |request| {
+        let last_user = request["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if last_user.contains("why") {
+            return match tool_results(request).last() {
+                None => calls(&[("diagnose", json!({}))]),
+                Some(result) => text(&format!("Diagnosis: {result} Nothing to fix.")),
+            };
+        }
+        match tool_results(request).len() {
+            0 => calls(&[("clone_and_analyze", json!({ "source": for_script }))]),
+            1 => calls(&[("deploy", json!({ "source": for_script, "name": "llmsite" }))]),
+            _ => text("Your site is on its way; I will report each stage."),
+        }
     });
     let (app, requests) = with_model(script).await;
     let session = "llm-deploy";
@@ -206,10 +165,16 @@ async fn a_model_deploys_through_tool_calls_when_the_user_asks_in_their_own_word
     let shown = thoughts(&app, session).await;
     assert!(shown.iter().any(|t| t.starts_with("Running clone_and_analyze")), "{shown:?}");
     assert!(shown.iter().any(|t| t.starts_with("Running deploy")), "{shown:?}");
+    let analysis = events(&app, session).await.into_iter().find(|e| e["type"] == "analysis");
+    assert!(analysis.is_some_and(|e| e["data"]["text"].as_str().is_some_and(|t| t.contains("language: static"))));
     // Clear intents still take the fast path: no model call.
     say(&app, session, "status").await;
     assert!(answer(&app, session, 2).await.starts_with("llmsite — live"));
     assert_eq!(requests.lock().expect("requests").len(), 3, "the rules answered");
+    // "Why did it fail?" is the model's to explain, from the diagnose tool.
+    say(&app, session, "why did it fail?").await;
+    assert_eq!(answer(&app, session, 3).await, "Diagnosis: None of your deployments has failed. Nothing to fix.");
+    assert_eq!(requests.lock().expect("requests").len(), 5);
 }
 
 #[tokio::test]
@@ -338,10 +303,4 @@ async fn a_pending_question_is_answered_after_a_restart() {
     // The question is answered: another "yes" finds none.
     say(&second, session, "yes").await;
     assert_eq!(answer(&second, session, 4).await.as_str(), "There is no question waiting for an answer.");
-}
-
-impl From<&Conn> for Conn {
-    fn from(conn: &Conn) -> Self {
-        Self { url: conn.url.clone(), token: conn.token.clone() }
-    }
 }

@@ -1,55 +1,11 @@
 //! The chat's fast path through the API: a message in, the answer and the actions as session
 //! events, and nothing but the user's own words can start a deploy.
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{TestApp, answer, events, say, spawn_app};
 use devgem_e2e::copy_dir;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-async fn say(app: &TestApp, session: &str, text: &str) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/sessions/{session}/messages", app.url))
-        .bearer_auth(&app.admin_token)
-        .json(&json!({ "text": text }))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status().as_u16(), 202);
-}
-
-async fn events(app: &TestApp, session: &str) -> Vec<Value> {
-    reqwest::Client::new()
-        .get(format!("{}/api/sessions/{session}/events?limit=1000", app.url))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .expect("request")
-        .json::<Value>()
-        .await
-        .expect("json")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Waits for the `n`th assistant answer (1-based) and returns its text.
-async fn answer(app: &TestApp, session: &str, n: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answers: Vec<String> = events(app, session)
-            .await
-            .iter()
-            .filter(|e| e["type"] == "message" && e["data"]["role"] == "assistant")
-            .filter_map(|e| e["data"]["text"].as_str().map(str::to_owned))
-            .collect();
-        if let Some(text) = answers.get(n - 1) {
-            return text.clone();
-        }
-        assert!(Instant::now() < deadline, "no answer {n} in {session}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn wait_until(app: &TestApp, session: &str, what: &str, done: impl Fn(&[Value]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);

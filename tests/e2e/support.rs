@@ -3,6 +3,7 @@
 use devgem_cli::embedded::Embedded;
 use devgem_cli::up::{App, ServerInfo};
 use devgem_common::serve::serve;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -184,5 +185,71 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+// Conversations over the API, for the chat's tests.
+
+/// A server and the admin token, in-process or a `devgem up` process.
+pub struct Conn {
+    pub url: String,
+    pub token: String,
+}
+
+impl From<&TestApp> for Conn {
+    fn from(app: &TestApp) -> Self {
+        Self { url: app.url.clone(), token: app.admin_token.clone() }
+    }
+}
+
+impl From<&Conn> for Conn {
+    fn from(conn: &Conn) -> Self {
+        Self { url: conn.url.clone(), token: conn.token.clone() }
+    }
+}
+
+/// A request as the admin; the JSON answer (`null` when there is none).
+pub async fn api(app: impl Into<Conn>, method: &str, path: &str, body: Option<Value>) -> Value {
+    let app = app.into();
+    let mut request = reqwest::Client::new()
+        .request(method.parse().expect("method"), format!("{}{path}", app.url))
+        .bearer_auth(&app.token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    response.json().await.unwrap_or(Value::Null)
+}
+
+/// Sends a chat message.
+pub async fn say(app: impl Into<Conn>, session: &str, text: &str) {
+    api(app, "POST", &format!("/api/sessions/{session}/messages"), Some(json!({ "text": text }))).await;
+}
+
+/// The session's events.
+pub async fn events(app: impl Into<Conn>, session: &str) -> Vec<Value> {
+    api(app, "GET", &format!("/api/sessions/{session}/events?limit=1000"), None)
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits for the `n`th assistant message of the session (1-based).
+pub async fn answer(app: impl Into<Conn>, session: &str, n: usize) -> String {
+    let app = app.into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answers: Vec<String> = events(&app, session)
+            .await
+            .iter()
+            .filter(|e| e["type"] == "message" && e["data"]["role"] == "assistant")
+            .filter_map(|e| e["data"]["text"].as_str().map(str::to_owned))
+            .collect();
+        if let Some(text) = answers.get(n - 1) {
+            return text.clone();
+        }
+        assert!(Instant::now() < deadline, "no answer {n} in {session}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

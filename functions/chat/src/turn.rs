@@ -124,7 +124,8 @@ async fn respond(caller: Caller<'_>, pending: Option<&PendingQuestion>) -> Resul
             Ok(Reply { text: "All right, I will leave it as it is.".into(), question: None, answered: true })
         }
         (intent, _) => {
-            if intent == Intent::Unknown
+            // With an LLM, a failure is also explained by it: a short diagnosis and a fix.
+            if matches!(intent, Intent::Unknown | Intent::WhyFailed)
                 && let Some(llm) = caller.state.brain.clone()
             {
                 match converse(caller, llm.as_ref(), true).await? {
@@ -143,11 +144,12 @@ async fn respond(caller: Caller<'_>, pending: Option<&PendingQuestion>) -> Resul
 
 /// Writes one `ai_thought` line to the session at once, so the user sees progress.
 async fn thought(caller: Caller<'_>, text: String) -> Result<(), HandlerError> {
-    let event = NewEvent {
-        kind: SessionEventKind::AiThought,
-        correlation_id: caller.correlation_id.clone(),
-        data: json!({ "text": text }),
-    };
+    record(caller, SessionEventKind::AiThought, json!({ "text": text })).await
+}
+
+/// Writes one session event at once.
+async fn record(caller: Caller<'_>, kind: SessionEventKind, data: serde_json::Value) -> Result<(), HandlerError> {
+    let event = NewEvent { kind, correlation_id: caller.correlation_id.clone(), data };
     let turn = caller.turn;
     let append = Write::Append { session: turn.session_id.clone(), owner: turn.user_id.clone(), events: vec![event] };
     caller.state.ports.store.commit(vec![append]).await?;
@@ -221,6 +223,9 @@ async fn converse(
                         thought(caller, format!("Running {}", describe_call(call))).await?;
                     }
                     let outcome = tools::run(caller, call).await?;
+                    if show_thoughts && call.name == "clone_and_analyze" {
+                        record(caller, SessionEventKind::Analysis, json!({ "text": outcome.text })).await?;
+                    }
                     question = outcome.question.or(question);
                     outcome.text
                 }
