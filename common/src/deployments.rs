@@ -1,4 +1,4 @@
-//! Starting a deployment on a user's behalf: the one way the API and the chat do it. The
+//! Starting, aborting and rolling back on a user's behalf: the one way the API and the chat do it. The
 //! deployment document and its session's `deployment_started` event are written together, then
 //! `deployment.requested` is published; secret env values go to the Secrets port first.
 
@@ -56,6 +56,72 @@ pub fn looks_secret(name: &str) -> bool {
     ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "PRIVATE", "API_KEY", "APIKEY", "DATABASE_URL", "CREDENTIAL"]
         .iter()
         .any(|needle| upper.contains(needle))
+}
+
+/// Why a rollback was not requested.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    /// The name is not a service name.
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("service {0} not found")]
+    NotFound(String),
+    #[error("{service} has no revision {to}; its revisions are {known}")]
+    NoSuchRevision { service: String, to: String, known: String },
+    #[error("{0} has no earlier revision to roll back to")]
+    NoTarget(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Asks the deploy function to move `owner`'s service `name` back to `to` (a revision it has)
+/// or, without one, to its rollback target; the revision is checked to answer before traffic
+/// moves. Returns the service and the revision asked for. The one way the API and the chat
+/// request a rollback.
+pub async fn rollback(
+    ports: &Ports,
+    owner: &UserId,
+    name: &str,
+    to: Option<&str>,
+    session_id: Option<SessionId>,
+    correlation_id: CorrelationId,
+    publisher: &str,
+) -> Result<(ServiceName, String), RollbackError> {
+    use crate::events::ServiceRollback;
+    use crate::model::service::Service;
+    use crate::ports::store::{Scope, StoreExt};
+    let name = ServiceName::parse(name).map_err(|e| RollbackError::InvalidName(e.to_string()))?;
+    let key = DocKey::new("services", Service::doc_id(owner, &name))?;
+    let Some((service, _)) = ports.store.get_typed::<Service>(&Scope::Owner(owner.clone()), &key).await? else {
+        return Err(RollbackError::NotFound(name.to_string()));
+    };
+    let target = match to {
+        Some(to) if service.revision(to).is_none() => {
+            return Err(RollbackError::NoSuchRevision {
+                service: name.to_string(),
+                to: to.to_owned(),
+                known: service.revisions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        Some(to) => to.to_owned(),
+        None => service.traffic.rollback_target.clone().ok_or_else(|| RollbackError::NoTarget(name.to_string()))?,
+    };
+    let event = ServiceRollback {
+        service: service.name.clone(),
+        owner: owner.clone(),
+        session_id,
+        to_revision: Some(target.clone()),
+        alert_id: None,
+        requested_by: owner.clone(),
+    };
+    let ctx = EventContext::new(publisher, correlation_id);
+    ports.bus.publish_event(&event, &ctx, ports.clock.now()).await.map_err(|e| {
+        tracing::error!(error = %e, "the rollback was not published");
+        RollbackError::Unavailable(format!("the rollback could not be sent ({e}); try again"))
+    })?;
+    Ok((service.name, target))
 }
 
 /// `text` with the values of secret assignments masked: everything after the `=` of a chat

@@ -266,46 +266,34 @@ pub async fn rollback_service(
     Path(name): Path<String>,
     body: Option<Json<RollbackRequest>>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    use devgem_common::events::{EventContext, ServiceRollback};
-    use devgem_common::ports::bus::BusExt;
+    use devgem_common::deployments::{RollbackError, rollback};
     let request = body.map(|Json(b)| b).unwrap_or_default();
-    let service = caller_service(&state, &caller, &name).await?;
-    let target = match &request.to {
-        Some(to) if service.revision(to).is_none() => {
-            return Err(ApiError::bad_request(format!(
-                "{name} has no revision {to}; its revisions are {}",
-                service.revisions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
-            )));
-        }
-        Some(to) => to.clone(),
-        None => service.traffic.rollback_target.clone().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "no_rollback_target",
-                format!("{name} has no earlier revision to roll back to"),
-            )
-        })?,
-    };
+    // Parsed at the edge, before anything is looked up.
     let session_id = request
         .session_id
         .as_deref()
         .map(SessionId::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let event = ServiceRollback {
-        service: service.name.clone(),
-        owner: caller.user_id.clone(),
-        session_id,
-        to_revision: Some(target.clone()),
-        alert_id: None,
-        requested_by: caller.user_id.clone(),
-    };
-    let ctx = EventContext::new(crate::NAME, devgem_common::ids::CorrelationId::generate());
-    state.ports.bus.publish_event(&event, &ctx, state.ports.clock.now()).await.map_err(|e| {
-        tracing::error!(error = %e, "the rollback was not published");
-        ApiError::unavailable("the rollback could not be sent; try again")
-    })?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "service": service.name, "to": target }))))
+    let correlation_id = devgem_common::ids::CorrelationId::generate();
+    let requested =
+        rollback(&state.ports, &caller.user_id, &name, request.to.as_deref(), session_id, correlation_id, crate::NAME)
+            .await;
+    match requested {
+        Ok((service, target)) => {
+            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "service": service, "to": target }))))
+        }
+        Err(RollbackError::InvalidName(why)) => Err(ApiError::bad_request(why)),
+        Err(RollbackError::NotFound(name)) => {
+            Err(ApiError::not_found(format!("service {name} not found; list yours with GET /api/services")))
+        }
+        Err(e @ RollbackError::NoSuchRevision { .. }) => Err(ApiError::bad_request(e.to_string())),
+        Err(e @ RollbackError::NoTarget(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "no_rollback_target", e.to_string()))
+        }
+        Err(RollbackError::Unavailable(_)) => Err(ApiError::unavailable("the rollback could not be sent; try again")),
+        Err(RollbackError::Store(e)) => Err(e.into()),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,16 +5,16 @@
 //! never make one happen.
 
 use crate::AppState;
-use devgem_common::deployments::{AbortError, StartError, StartRequest, abort, start};
-use devgem_common::events::{ChatTurn, EventContext, ServiceRollback};
+use devgem_common::deployments::{
+    AbortError, RollbackError, StartError, StartRequest, abort, rollback as rollback_service, start,
+};
+use devgem_common::events::ChatTurn;
 use devgem_common::handler::HandlerError;
-use devgem_common::ids::{CorrelationId, ServiceName};
+use devgem_common::ids::CorrelationId;
 use devgem_common::model::deployment::{Deployment, FailureCause};
-use devgem_common::model::service::Service;
 use devgem_common::model::session::PendingQuestion;
 use devgem_common::ports::brain::{ToolCall, ToolSpec};
-use devgem_common::ports::bus::BusExt;
-use devgem_common::ports::store::{DocKey, Order, Query, Scope, StoreExt};
+use devgem_common::ports::store::{Order, Query, Scope};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -431,34 +431,26 @@ async fn rollback(caller: Caller<'_>, service: Option<String>) -> Result<Outcome
     let Some(name) = service.or_else(|| list.first().map(|d| d.service.to_string())) else {
         return Ok(Outcome::text("You have no service to roll back."));
     };
-    let user = &caller.turn.user_id;
-    let Ok(service_name) = ServiceName::parse(&name) else {
-        return Ok(Outcome::text(format!("{name} is not a service name.")));
-    };
-    let store = caller.state.ports.store.as_ref();
-    let key = DocKey::new("services", Service::doc_id(user, &service_name))?;
-    let Some((service, _)) = store.get_typed::<Service>(&Scope::Owner(user.clone()), &key).await? else {
-        return Ok(Outcome::text(format!("You have no service named {name}.")));
-    };
-    let Some(target) = service.traffic.rollback_target.clone() else {
-        return Ok(Outcome::text(format!("{name} has no earlier revision to roll back to.")));
-    };
-    let event = ServiceRollback {
-        service: service.name.clone(),
-        owner: user.clone(),
-        session_id: Some(caller.turn.session_id.clone()),
-        to_revision: Some(target.clone()),
-        alert_id: None,
-        requested_by: user.clone(),
-    };
-    let ctx = EventContext::new(crate::NAME, caller.correlation_id.clone());
-    let ports = &caller.state.ports;
-    ports
-        .bus
-        .publish_event(&event, &ctx, ports.clock.now())
-        .await
-        .map_err(|e| HandlerError::Transient(format!("publishing the rollback: {e}")))?;
-    Ok(Outcome::text(format!("Rolling {name} back to {target}, once it answers.")))
+    let turn = caller.turn;
+    let session = Some(turn.session_id.clone());
+    let requested = rollback_service(
+        &caller.state.ports,
+        &turn.user_id,
+        &name,
+        None,
+        session,
+        caller.correlation_id.clone(),
+        crate::NAME,
+    )
+    .await;
+    Ok(Outcome::text(match requested {
+        Ok((_, target)) => format!("Rolling {name} back to {target}, once it answers."),
+        Err(RollbackError::InvalidName(_)) => format!("{name} is not a service name."),
+        Err(RollbackError::NotFound(_)) => format!("You have no service named {name}."),
+        Err(e @ (RollbackError::NoTarget(_) | RollbackError::NoSuchRevision { .. })) => format!("{e}."),
+        Err(RollbackError::Unavailable(why)) => return Err(HandlerError::Transient(why)),
+        Err(RollbackError::Store(e)) => return Err(e.into()),
+    }))
 }
 
 #[cfg(test)]
