@@ -138,3 +138,18 @@ pub async fn abort_latest(
     }
     Err(last.unwrap_or_else(|| StoreError::Conflict { key: id.to_string(), reason: "too many attempts".into() }))
 }
+
+/// An abort, as the function owning `states` receives it: work on the deployment running in
+/// this process is cancelled (it ends the deployment as it stops) and `false` is returned;
+/// otherwise `true` when the deployment is in one of `states`, so the caller ends it itself.
+pub async fn cancel_or_claim(
+    cancels: &crate::cancel::Cancels,
+    store: &dyn Store,
+    id: &crate::ids::DeploymentId,
+    states: &[crate::model::deployment::DeploymentState],
+) -> Result<bool, StoreError> {
+    if cancels.cancel(id.as_str()) {
+        return Ok(false);
+    }
+    Ok(load(store, id).await?.is_some_and(|(deployment, _)| states.contains(&deployment.state)))
+}

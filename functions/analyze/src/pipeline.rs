@@ -62,13 +62,8 @@ async fn abort_now(state: &AppState, id: &devgem_common::ids::DeploymentId) -> R
 /// deployment that has not left analysis.
 pub async fn on_control(state: &AppState, event: devgem_common::events::ControlEvent) -> Result<(), HandlerError> {
     let devgem_common::events::ControlEvent::Abort(abort) = event else { return Ok(()) };
-    if state.cancels.cancel(abort.deployment_id.as_str()) {
-        return Ok(());
-    }
-    let Some((deployment, _)) = timeline::load(state.ports.store.as_ref(), &abort.deployment_id).await? else {
-        return Ok(());
-    };
-    if matches!(deployment.state, DeploymentState::Requested | DeploymentState::Analyzing) {
+    let analyzing = [DeploymentState::Requested, DeploymentState::Analyzing];
+    if timeline::cancel_or_claim(&state.cancels, state.ports.store.as_ref(), &abort.deployment_id, &analyzing).await? {
         abort_now(state, &abort.deployment_id).await?;
     }
     Ok(())

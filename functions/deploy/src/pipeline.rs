@@ -88,13 +88,8 @@ pub async fn on_control(state: &AppState, event: devgem_common::events::ControlE
         devgem_common::events::ControlEvent::Abort(abort) => abort,
         devgem_common::events::ControlEvent::Rollback(rollback) => return on_rollback(state, rollback).await,
     };
-    if state.cancels.cancel(abort.deployment_id.as_str()) {
-        return Ok(());
-    }
-    let Some((deployment, _)) = timeline::load(state.ports.store.as_ref(), &abort.deployment_id).await? else {
-        return Ok(());
-    };
-    if matches!(deployment.state, DeploymentState::Deploying | DeploymentState::Verifying) {
+    let deploying = [DeploymentState::Deploying, DeploymentState::Verifying];
+    if timeline::cancel_or_claim(&state.cancels, state.ports.store.as_ref(), &abort.deployment_id, &deploying).await? {
         abort_now(state, &abort.deployment_id).await?;
     }
     Ok(())
