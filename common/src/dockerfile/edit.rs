@@ -41,6 +41,16 @@ fn join(lines: Vec<String>, trailing_newline: bool) -> String {
     text
 }
 
+/// The Dockerfile with `package` installed as [`with_packages`] does; `None` when an
+/// `apt-get install` line names it already (adding it again would change nothing) or there is
+/// no `FROM`.
+pub fn with_package(text: &str, package: &str) -> Option<String> {
+    if text.lines().any(|l| l.contains("apt-get install") && l.contains(package)) {
+        return None;
+    }
+    with_packages(text, &[package.to_owned()])
+}
+
 /// The Dockerfile with `packages` installed (Debian, `--no-install-recommends`, lists removed)
 /// right after the final stage's `FROM`, before any `USER` switches away from root. `None`
 /// when it has no `FROM`.
@@ -113,6 +123,8 @@ CMD [\"--port\", \"8080\"]
         assert!(install < user);
         assert!(text.contains("# the runtime image") && text.ends_with('\n'), "the rest is kept");
         assert_eq!(with_packages("# nothing\n", &["x".into()]), None);
+        assert_eq!(with_package(&text, "libpq5"), None, "installed already");
+        assert!(with_package(&text, "zlib1g").is_some_and(|t| t.contains("--no-install-recommends zlib1g")));
     }
 
     #[test]

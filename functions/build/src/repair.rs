@@ -2,7 +2,7 @@
 //! header, `pg_config`, a compiler) is built again with the package added to the Dockerfile's
 //! final stage, and the user is told which line of the log said so.
 
-use devgem_common::dockerfile::edit::with_packages;
+use devgem_common::dockerfile::edit::with_package;
 use devgem_common::model::deployment::DeploymentPlan;
 
 /// What a build log says when a Debian package is missing, and the package. Each needle is
@@ -33,11 +33,7 @@ pub fn package_repair(plan: &DeploymentPlan, log: &[String]) -> Option<(Deployme
     let (line, package) = log.iter().rev().find_map(|line| {
         MISSING.iter().find(|(needle, _)| line.contains(needle)).map(|(_, package)| (line.trim(), *package))
     })?;
-    let installs = plan.dockerfile.lines().any(|l| l.contains("apt-get install") && l.contains(package));
-    if installs {
-        return None;
-    }
-    let dockerfile = with_packages(&plan.dockerfile, &[package.to_owned()])?;
+    let dockerfile = with_package(&plan.dockerfile, package)?;
     let reason = format!("the build log says `{line}`, so DevGem added the Debian package {package} to the Dockerfile");
     Some((DeploymentPlan { dockerfile, ..plan.clone() }, reason))
 }

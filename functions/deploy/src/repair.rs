@@ -8,7 +8,7 @@
 //!
 //! What no change can fix (a variable without a value) is explained instead.
 
-use devgem_common::dockerfile::edit::{with_packages, with_start_command};
+use devgem_common::dockerfile::edit::{with_package, with_start_command};
 use devgem_common::model::deployment::DeploymentPlan;
 use regex::Regex;
 use std::sync::LazyLock;
@@ -93,11 +93,7 @@ fn missing_package(failure: &str) -> Option<(String, &'static str)> {
 /// what changed and why; `None` when the failure gives no such evidence or the change was made.
 pub fn image_repair(plan: &DeploymentPlan, failure: &str) -> Option<(DeploymentPlan, String)> {
     if let Some((library, package)) = missing_package(failure) {
-        let installs = plan.dockerfile.lines().any(|l| l.contains("apt-get install") && l.contains(package));
-        if installs {
-            return None;
-        }
-        let dockerfile = with_packages(&plan.dockerfile, &[package.to_owned()])?;
+        let dockerfile = with_package(&plan.dockerfile, package)?;
         let reason = format!("the app needs {library}, so DevGem added the Debian package {package} to the Dockerfile");
         return Some((DeploymentPlan { dockerfile, ..plan.clone() }, reason));
     }
