@@ -16,6 +16,17 @@ pub enum SourceLocation {
     Local { path: PathBuf },
 }
 
+/// As the user wrote it: the URL or the directory path (what `deployments::source_location`
+/// reads back).
+impl std::fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceLocation::Git { url } => f.write_str(url),
+            SourceLocation::Local { path } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// A repository and the ref to fetch (branch, tag or commit; `None` = default branch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceSpec {

@@ -74,11 +74,7 @@ fn internal(e: impl std::fmt::Display) -> HandlerError {
 }
 
 fn describe_source(deployment: &Deployment) -> String {
-    use devgem_common::ports::source::SourceLocation;
-    let location = match &deployment.source.location {
-        SourceLocation::Git { url } => url.clone(),
-        SourceLocation::Local { path } => path.display().to_string(),
-    };
+    let location = deployment.source.location.to_string();
     match &deployment.source.git_ref {
         Some(r) => format!("{location} at {r}"),
         None => location,

@@ -297,12 +297,8 @@ async fn deploy(caller: Caller<'_>, a: SourceArgs) -> Result<Outcome, HandlerErr
 
 /// The request that deploys `d`'s source again, with its env and secrets.
 fn redeploy_of(d: &Deployment, session: &devgem_common::ids::SessionId) -> StartRequest {
-    let source = match &d.source.location {
-        devgem_common::ports::source::SourceLocation::Git { url } => url.clone(),
-        devgem_common::ports::source::SourceLocation::Local { path } => path.display().to_string(),
-    };
     StartRequest {
-        source,
+        source: d.source.location.to_string(),
         git_ref: d.source.git_ref.clone(),
         name: Some(d.service.to_string()),
         env: d.env.clone(),
