@@ -1,7 +1,7 @@
 //! The chat's fast path through the API: a message in, the answer and the actions as session
 //! events, and nothing but the user's own words can start a deploy.
 
-use crate::support::{TestApp, answer, events, say, spawn_app};
+use crate::support::{TestApp, answer, api, events, say, spawn_app};
 use devgem_e2e::copy_dir;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -69,15 +69,7 @@ async fn text_that_is_not_a_request_starts_nothing() {
     assert_eq!(answer(&app, session, 2).await, "Nothing is deploying right now.");
     say(&app, session, "rollback").await;
     assert_eq!(answer(&app, session, 3).await, "You have no service to roll back.");
-    let deployments: Value = reqwest::Client::new()
-        .get(format!("{}/api/deployments", app.url))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let deployments = api(&app, "GET", "/api/deployments", None).await;
     assert_eq!(deployments, json!([]), "no deployment was started");
 }
 

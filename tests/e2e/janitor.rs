@@ -2,7 +2,7 @@
 //! a deployment that stays stuck fails with its cause, two janitors at once act once, and pruning
 //! keeps the serving revision and the rollback target.
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{TestApp, api, spawn_app};
 use devgem_common::ids::{CorrelationId, DeploymentId, ServiceName, SessionId, UserId};
 use devgem_common::model::deployment::{Deployment, DeploymentState, NewDeployment};
 use devgem_common::ports::source::{SourceLocation, SourceSpec};
@@ -18,18 +18,6 @@ fn janitor(app: &TestApp, deadline: Duration) -> devgem_janitor::AppState {
     let mut state = devgem_cli::functions::janitor_state(&app.embedded);
     state.deadlines = Deadlines { analysis: deadline, build: deadline, deploy: deadline };
     state
-}
-
-async fn get(app: &TestApp, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}{path}", app.url))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json")
 }
 
 /// A deployment stored as if its `deployment.requested` event had been lost.
@@ -54,7 +42,7 @@ async fn lost_deployment(app: &TestApp, source: &Path, name: &str) -> Deployment
 async fn wait_state(app: &TestApp, id: &DeploymentId, done: impl Fn(&str) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let deployment = get(app, &format!("/api/deployments/{id}")).await;
+        let deployment = api(app, "GET", &format!("/api/deployments/{id}"), None).await;
         if deployment["state"].as_str().is_some_and(&done) {
             return deployment;
         }
@@ -127,7 +115,7 @@ async fn pruning_keeps_the_newest_the_serving_and_the_rollback_target() {
         let live = wait_state(&app, &id, |s| matches!(s, "live" | "failed")).await;
         assert_eq!(live["state"], "live", "{live}");
     }
-    let service = get(&app, "/api/services/pruned").await;
+    let service = api(&app, "GET", "/api/services/pruned", None).await;
     let names: Vec<String> = service["revisions"]
         .as_array()
         .expect("revisions")
@@ -145,13 +133,13 @@ async fn pruning_keeps_the_newest_the_serving_and_the_rollback_target() {
         .expect("request");
     assert_eq!(accepted.status().as_u16(), 202);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&app, "/api/services/pruned").await["traffic"]["serving"] != names[1].as_str() {
+    while api(&app, "GET", "/api/services/pruned", None).await["traffic"]["serving"] != names[1].as_str() {
         assert!(Instant::now() < deadline, "the rollback did not happen");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let report = sweep(&janitor(&app, Duration::from_secs(600))).await.expect("sweep");
     assert_eq!(report.pruned_revisions, vec![names[2].clone()], "older than the newest three, and not protected");
-    let service = get(&app, "/api/services/pruned").await;
+    let service = api(&app, "GET", "/api/services/pruned", None).await;
     let kept: Vec<&str> =
         service["revisions"].as_array().expect("revisions").iter().filter_map(|r| r["name"].as_str()).collect();
     assert_eq!(kept, [&names[0], &names[1], &names[3], &names[4], &names[5]].map(String::as_str));
