@@ -5,6 +5,7 @@
 //! never make one happen.
 
 use crate::AppState;
+use crate::intent::regex;
 use devgem_common::deployments::{
     AbortError, RollbackError, StartError, StartRequest, abort, rollback as rollback_service, start,
 };
@@ -107,10 +108,6 @@ pub fn specs() -> Vec<ToolSpec> {
 /// Tools that change something.
 pub fn has_side_effects(tool: &str) -> bool {
     matches!(tool, "deploy" | "rollback" | "abort" | "set_env")
-}
-
-fn regex(pattern: &str) -> Regex {
-    Regex::new(pattern).unwrap_or_else(|e| unreachable!("invalid built-in pattern {pattern}: {e}"))
 }
 
 static DEPLOY_WORDS: LazyLock<Regex> =
