@@ -307,7 +307,6 @@ pub async fn rebuild(
     reason: &str,
     publisher: &str,
 ) -> Result<bool, crate::handler::HandlerError> {
-    use crate::events::BuildRequested;
     use crate::handler::HandlerError;
     use crate::model::deployment::{MAX_REPAIRS, Stage, StageStatus};
     if !deployment.take_repair() {
@@ -319,19 +318,29 @@ pub async fn rebuild(
     let text = format!("Repair {} of {MAX_REPAIRS}: {reason}; building again", deployment.repairs);
     let events = vec![crate::timeline::update(deployment, Stage::Build, StageStatus::Running, text)];
     crate::timeline::save(ports.store.as_ref(), deployment, version, events).await?;
-    let request = BuildRequested {
+    // Lost after the save, the janitor publishes it again (the deployment is building).
+    request_build(ports, deployment, publisher).await?;
+    Ok(true)
+}
+
+/// Publishes `build.requested` for a deployment that is building (analysis done, or a repair).
+pub async fn request_build(
+    ports: &Ports,
+    deployment: &Deployment,
+    publisher: &str,
+) -> Result<(), crate::handler::HandlerError> {
+    let request = crate::events::BuildRequested {
         deployment_id: deployment.id.clone(),
         owner: deployment.owner.clone(),
         session_id: deployment.session_id.clone(),
     };
     let ctx = EventContext::new(publisher, deployment.correlation_id.clone());
-    // Lost after the save, the janitor publishes it again (the deployment is building).
     ports
         .bus
-        .publish_event(&request, &ctx, now)
+        .publish_event(&request, &ctx, ports.clock.now())
         .await
-        .map_err(|e| HandlerError::Transient(format!("publishing the build request: {e}")))?;
-    Ok(true)
+        .map_err(|e| crate::handler::HandlerError::Transient(format!("publishing the build request: {e}")))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use crate::analyzer::{analyze_dir, repo::Limits};
 use crate::dockerfile::port::Listen;
 use crate::dockerfile::{Origin, plan, runnable};
 use crate::security::{self, Severity};
-use devgem_common::events::{BuildRequested, DeploymentRequested, EventContext};
+use devgem_common::deployments::request_build;
+use devgem_common::events::DeploymentRequested;
 use devgem_common::handler::HandlerError;
 use devgem_common::model::deployment::{Deployment, DeploymentPlan, DeploymentState, FailureCause, Stage, StageStatus};
-use devgem_common::ports::bus::BusExt;
 use devgem_common::ports::store::SessionEventKind;
 use devgem_common::timeline::{self, failure, update};
 use serde_json::json;
@@ -41,7 +41,7 @@ pub async fn on_requested(state: &AppState, event: DeploymentRequested) -> Resul
         // A redelivery after a crash during analysis: analysis has no side effect, run it again.
         DeploymentState::Analyzing => {}
         // Already analyzed: the build request may have been lost with the crash.
-        DeploymentState::Building => return request_build(state, &deployment).await,
+        DeploymentState::Building => return request_build(&state.ports, &deployment, crate::NAME).await,
         _ => return Ok(()),
     }
     let key = deployment.id.to_string();
@@ -79,22 +79,6 @@ fn describe_source(deployment: &Deployment) -> String {
         Some(r) => format!("{location} at {r}"),
         None => location,
     }
-}
-
-async fn request_build(state: &AppState, deployment: &Deployment) -> Result<(), HandlerError> {
-    let request = BuildRequested {
-        deployment_id: deployment.id.clone(),
-        owner: deployment.owner.clone(),
-        session_id: deployment.session_id.clone(),
-    };
-    let ctx = EventContext::new(crate::NAME, deployment.correlation_id.clone());
-    state
-        .ports
-        .bus
-        .publish_event(&request, &ctx, state.ports.clock.now())
-        .await
-        .map_err(|e| HandlerError::Transient(format!("publishing the build request: {e}")))?;
-    Ok(())
 }
 
 /// Stages 1-5 from a fresh snapshot; ends with the deployment in `building`, or failed.
@@ -162,7 +146,7 @@ async fn analyze(state: &AppState, deployment: &mut Deployment, mut version: u64
     deployment.set_stage(Stage::Build, StageStatus::Running, None, now());
     events.push(update(deployment, Stage::Build, StageStatus::Running, "Building the image"));
     timeline::save(store, deployment, version, events).await?;
-    request_build(state, deployment).await
+    request_build(&state.ports, deployment, crate::NAME).await
 }
 
 /// What stages 2-5 produced.
