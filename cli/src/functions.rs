@@ -69,12 +69,20 @@ impl Function {
                 let runtime = Arc::new(embedded.runtime.clone());
                 devgem_deploy::router(devgem_deploy::AppState { ports, runtime, cancels: Default::default() })
             }
-            Function::Monitor => devgem_monitor::router(devgem_monitor::AppState { ports }),
-            Function::Relay => devgem_relay::router(devgem_relay::AppState { ports }),
+            Function::Monitor => {
+                devgem_monitor::router(devgem_monitor::AppState::new(ports, devgem_monitor::MonitorSettings::default()))
+            }
+            Function::Relay => devgem_relay::router(devgem_relay::AppState::new(
+                ports,
+                embedded.identity.clone(),
+                devgem_relay::RelaySettings::default(),
+            )),
             Function::Api => devgem_api::router(devgem_api::AppState {
                 ports,
                 identity: embedded.identity.clone(),
                 secrets: embedded.secrets.clone(),
+                runtime: Arc::new(embedded.runtime.clone()),
+                chat_wait: devgem_api::CHAT_WAIT,
             }),
             Function::Janitor => devgem_janitor::router(janitor_state(embedded)),
         }

@@ -5,9 +5,9 @@
 //! - `server.json` records the URL so other commands find the server; removed on a clean stop.
 //! - First start creates the admin user; its token is printed once and saved in
 //!   `<data dir>/admin.token` (mode 0600) for the CLI. `DEVGEM_TOKEN` sets it instead.
-//! - Routes: `/health` (every function's probe, the bus backlog and dead letters), `/api/*` to the
-//!   api function, everything else to the relay (WebSocket and web UI); any request for
-//!   `<service>.localhost` to the deployed app (see [`crate::proxy`]).
+//! - Routes: `/health` (every function's probe, the bus backlog and dead letters), `/api/*`,
+//!   `/chat` and `/stats` to the api function, everything else to the relay (WebSocket and web
+//!   UI); any request for `<service>.localhost` to the deployed app (see [`crate::proxy`]).
 //! - The pipeline's subscriptions (deployments → analyze, builds and cloud-builds → build,
 //!   releases → deploy, control → all three) are attached on start; revisions that served before
 //!   are started again, and the janitor runs every minute.
@@ -208,14 +208,15 @@ impl App {
             |name: &str| functions.iter().find(|(n, _)| *n == name).map(|(_, r)| r.clone()).unwrap_or_default();
         let api = by_name(devgem_api::NAME);
         let relay = by_name(devgem_relay::NAME);
-        // The api function owns `/api/*` (and answers `/healthz`); everything else goes to the
-        // relay, which serves the WebSocket and the web UI. Requests for `<service>.localhost`
-        // go to the deployed app instead.
+        // `/health` here is the aggregate of every function; the api function's own `/health`
+        // (for `devgem serve api`) is shadowed by it. The api owns `/api/*`, `/chat`, `/stats`
+        // (and answers `/healthz`); everything else goes to the relay, which serves the
+        // WebSocket and the web UI, in place of the api's JSON 404. Requests for
+        // `<service>.localhost` go to the deployed app instead.
         let router = Router::new()
             .route("/health", get(health))
             .with_state(HealthState { functions: functions.clone(), embedded: embedded.clone() })
-            .merge(api)
-            .fallback_service(relay)
+            .fallback_service(api.fallback_service(relay))
             .layer(axum::middleware::from_fn_with_state(embedded.runtime.clone(), crate::proxy::services))
             .layer(axum::middleware::from_fn(correlate));
         Self { embedded, router, functions, janitor: Default::default() }
@@ -244,6 +245,8 @@ impl App {
             ("analyze-control", Topic::Control, devgem_analyze::NAME, devgem_analyze::PUSH_CONTROL),
             ("build-control", Topic::Control, devgem_build::NAME, devgem_build::PUSH_CONTROL),
             ("deploy-control", Topic::Control, devgem_deploy::NAME, devgem_deploy::PUSH_CONTROL),
+            ("monitor-log-entries", Topic::LogEntries, devgem_monitor::NAME, devgem_monitor::PUSH_LOG_ENTRIES),
+            ("chat-alerts", Topic::Alerts, devgem_chat::NAME, devgem_chat::PUSH_ALERTS),
         ];
         for (name, topic, function, path) in subscriptions {
             self.embedded

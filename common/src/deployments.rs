@@ -1,6 +1,10 @@
 //! Starting, aborting and rolling back on a user's behalf: the one way the API and the chat do it. The
 //! deployment document and its session's `deployment_started` event are written together, then
 //! `deployment.requested` is published; secret env values go to the Secrets port first.
+//!
+//! Also what both read of a deployment the same way: its env as a user may see it (secret
+//! values never), its runtime log lines, its build log's tail; and the env change that deploys
+//! it again ([`change_env`]).
 
 use crate::events::{DeploymentRequested, EventContext};
 use crate::ids::{CorrelationId, DeploymentId, EnvVarName, ServiceName, SessionId, UserId};
@@ -343,6 +347,152 @@ pub async fn request_build(
     Ok(())
 }
 
+/// The request that deploys `d`'s source again (its ref, service, env, secrets and accepted
+/// findings), reporting in `session`.
+pub fn redeploy_request(d: &Deployment, session: &SessionId) -> StartRequest {
+    StartRequest {
+        source: d.source.location.to_string(),
+        git_ref: d.source.git_ref.clone(),
+        name: Some(d.service.to_string()),
+        env: d.env.clone(),
+        secret_refs: d.secret_env.clone(),
+        allow_risky: d.allow_risky,
+        session_id: Some(session.clone()),
+        ..StartRequest::default()
+    }
+}
+
+/// A change of a deployment's env: values to set in plain text, values to store as secrets,
+/// names to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvChange {
+    pub set: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub unset: Vec<String>,
+}
+
+impl EnvChange {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.secrets.is_empty() && self.unset.is_empty()
+    }
+}
+
+/// Deploys `base` again with `change` applied to its env, reporting in `session`: secrets go to
+/// the Secrets port, the other variables and secrets carry over. The one way the chat's
+/// `set_env` and `POST /api/deployments/{id}/env` change env.
+pub async fn change_env(
+    ports: &Ports,
+    secrets: &dyn Secrets,
+    base: &Deployment,
+    change: EnvChange,
+    session: &SessionId,
+    correlation_id: CorrelationId,
+    publisher: &str,
+) -> Result<Started, StartError> {
+    if change.is_empty() {
+        return Err(StartError::Invalid(
+            "nothing to change: set, store as secret or unset at least one variable".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in change.set.keys().chain(change.secrets.keys()).chain(&change.unset) {
+        EnvVarName::parse(name).map_err(|e| StartError::Invalid(e.to_string()))?;
+        if !seen.insert(name.as_str()) {
+            return Err(StartError::Invalid(format!("{name} is named twice; set, store as secret or unset it once")));
+        }
+    }
+    for name in &change.unset {
+        if !base.env.contains_key(name) && !base.secret_env.contains_key(name) {
+            let known: Vec<&str> = base.env.keys().chain(base.secret_env.keys()).map(String::as_str).collect();
+            let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+            return Err(StartError::Invalid(format!("{name} is not set on {}; its variables: {known}", base.service)));
+        }
+    }
+    let mut request = redeploy_request(base, session);
+    for name in &change.unset {
+        request.env.remove(name);
+        request.secret_refs.remove(name);
+    }
+    for (name, value) in change.set {
+        request.secret_refs.remove(&name);
+        request.env.insert(name, value);
+    }
+    for (name, value) in change.secrets {
+        request.env.remove(&name);
+        request.secret_refs.remove(&name);
+        request.secrets.insert(name, value);
+    }
+    start(ports, secrets, &base.owner, correlation_id, request, publisher).await
+}
+
+/// An env variable as a user may see it: a secret's value is never shown, only its version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EnvVar {
+    pub name: String,
+    /// The value of a plain variable; `None` for a secret.
+    pub value: Option<String>,
+    pub secret: bool,
+    /// The secret's version in the Secrets port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// The variables `d` runs with, by name; secrets without their values.
+pub fn env_vars(d: &Deployment) -> Vec<EnvVar> {
+    let plain = d.env.iter().map(|(name, value)| EnvVar {
+        name: name.clone(),
+        value: Some(value.clone()),
+        secret: false,
+        version: None,
+    });
+    let secret = d.secret_env.iter().filter(|(name, _)| !d.env.contains_key(*name)).map(|(name, reference)| EnvVar {
+        name: name.clone(),
+        value: None,
+        secret: true,
+        version: Some(reference.version),
+    });
+    let mut vars: Vec<EnvVar> = plain.chain(secret).collect();
+    vars.sort_by(|a, b| a.name.cmp(&b.name));
+    vars
+}
+
+/// One line of a revision's output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    pub ts: Option<chrono::DateTime<chrono::Utc>>,
+    /// `stdout` or `stderr`, when the runtime says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<&'static str>,
+    pub text: String,
+}
+
+/// The last `limit` log entries of `owner`'s `service` (of one revision, if given), oldest first,
+/// as lines of text; entries without text (request logs) are left out.
+pub async fn log_lines(
+    runtime: &dyn crate::ports::runtime::Runtime,
+    owner: &UserId,
+    service: &ServiceName,
+    revision: Option<&str>,
+    limit: usize,
+) -> Result<Vec<LogLine>, crate::ports::runtime::RuntimeError> {
+    let entries = runtime.logs(owner, service, revision, limit).await?;
+    Ok(entries
+        .iter()
+        .filter_map(|e| e.message().map(|text| LogLine { ts: e.timestamp, stream: e.stream(), text: text.to_owned() }))
+        .collect())
+}
+
+/// The last `lines` lines of build `build_id`'s log, from Blobs (where every builder leaves it
+/// once the build ends); empty while it runs or when the log is gone.
+pub async fn build_log_tail(blobs: &dyn crate::ports::blobs::Blobs, build_id: &str, lines: usize) -> Vec<String> {
+    use crate::ports::blobs::BlobsExt;
+    let Some(key) = crate::ports::builder::log_blob_key(build_id) else { return Vec::new() };
+    let Ok(bytes) = blobs.get_bytes(&key).await else { return Vec::new() };
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].iter().map(|l| (*l).to_owned()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +507,34 @@ mod tests {
             "deploy it with DB_PASSWORD=•••••• and MODE=fast please"
         );
         assert_eq!(redact_secret_values("why did it fail?"), "why did it fail?");
+    }
+
+    #[test]
+    fn env_vars_never_carry_a_secret_value() {
+        use crate::ports::secrets::SecretRef;
+        let mut d = Deployment::new(
+            NewDeployment {
+                id: DeploymentId::generate(),
+                owner: UserId::admin(),
+                session_id: SessionId::generate(),
+                correlation_id: CorrelationId::generate(),
+                source: SourceSpec { location: SourceLocation::Local { path: "/srv/app".into() }, git_ref: None },
+                service: ServiceName::derive_from("app"),
+            },
+            chrono::Utc::now(),
+        );
+        d.env.insert("MODE".into(), "fast".into());
+        d.secret_env.insert("API_KEY".into(), SecretRef { name: "admin--app--API_KEY".into(), version: 3 });
+        let vars = env_vars(&d);
+        assert_eq!(
+            serde_json::to_value(&vars).expect("serializes"),
+            serde_json::json!([
+                { "name": "API_KEY", "value": null, "secret": true, "version": 3 },
+                { "name": "MODE", "value": "fast", "secret": false },
+            ])
+        );
+        let again = redeploy_request(&d, &d.session_id);
+        assert_eq!((again.env, again.secret_refs), (d.env.clone(), d.secret_env.clone()), "a redeploy keeps both");
+        assert!(again.secrets.is_empty(), "no secret value travels in a redeploy");
     }
 }

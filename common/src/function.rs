@@ -28,6 +28,12 @@ pub fn health_router(function: &'static str, store: Arc<dyn Store>) -> Router {
 }
 
 async fn healthz(State((function, store)): State<(&'static str, Arc<dyn Store>)>) -> Response {
+    probe(function, store.as_ref()).await
+}
+
+/// The probe's answer: 200 `{"function", "ok": true}` when `store` answers, 503 otherwise. For
+/// a function that serves the probe on another path too (the api's public `/health`).
+pub async fn probe(function: &'static str, store: &dyn Store) -> Response {
     match store.ping().await {
         Ok(()) => Json(Health { function, ok: true, error: None }).into_response(),
         Err(e) => {

@@ -91,6 +91,31 @@ where
     })
 }
 
+/// Like [`push_route`], for handlers that continue the story of the event they handle: the
+/// handler also gets the event's `correlation_id` (a new one if the event came without).
+pub fn correlated_push_route<S, T, F, Fut>(handler: F) -> axum::routing::MethodRouter<S>
+where
+    S: PushState,
+    T: Decode + Clone + Send + Sync + 'static,
+    F: Fn(S, T, crate::ids::CorrelationId) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    axum::routing::post(move |axum::extract::State(state): axum::extract::State<S>, request: PushRequest| {
+        let handler = handler.clone();
+        async move {
+            let (store, now) = (state.ports().store.clone(), state.ports().clock.now());
+            handle_push::<T, _, _>(store.as_ref(), now, request, |envelope| async move {
+                let correlation_id = envelope
+                    .event
+                    .and_then(|meta| meta.correlation_id)
+                    .unwrap_or_else(crate::ids::CorrelationId::generate);
+                retry_conflicts(|| handler(state.clone(), envelope.payload.clone(), correlation_id.clone())).await
+            })
+            .await
+        }
+    })
+}
+
 /// Runs `attempt` again, up to 5 times, while it fails on a conflict: another handler moved the
 /// document first, and re-reading now is better than a redelivery's backoff (which would also
 /// hold back the messages ordered after this one).
@@ -245,6 +270,8 @@ impl From<StoreError> for ApiError {
         match &e {
             StoreError::NotFound(what) => Self::not_found(format!("{what} not found")),
             StoreError::Invalid(why) => Self::bad_request(why.clone()),
+            // Another user's document: answered like a missing one, so ids do not leak.
+            StoreError::Forbidden(what) => Self::not_found(format!("{what} not found")),
             StoreError::Conflict { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", "the resource changed meanwhile; retry the request")
             }

@@ -18,6 +18,8 @@
 //! - [`identity`]: tokens, hashing, the bearer-auth middleware shared by the HTTP functions.
 //! - [`function`]: the `/healthz` probe every function router has.
 //! - [`serve`]: `serve(listener, router, shutdown)` with a bounded grace period.
+//! - [`incidents`]: the monitor's incidents per revision and kind; resolving and muting them.
+//! - [`sessions`]: who owns a conversation; the user's chat input entering it (relay and api).
 //! - [`clock`]: time behind a trait so tests control it.
 //! - [`dockerfile`]: Dockerfiles parsed into stages and instructions, for the analyzer and the
 //!   local builder.
@@ -32,8 +34,10 @@ pub mod function;
 pub mod handler;
 pub mod identity;
 pub mod ids;
+pub mod incidents;
 pub mod ledger;
 pub mod model;
 pub mod ports;
 pub mod serve;
+pub mod sessions;
 pub mod timeline;

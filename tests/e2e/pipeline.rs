@@ -25,7 +25,7 @@ async fn api(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u
 }
 
 /// Starts a deployment and waits until it ends.
-async fn deploy(app: &TestApp, body: Value) -> (Value, Value) {
+pub(crate) async fn deploy(app: &TestApp, body: Value) -> (Value, Value) {
     let (status, created) = api(app, "POST", "/api/deployments", Some(body)).await;
     assert_eq!(status, 201, "{created}");
     let id = created["deployment_id"].as_str().expect("id").to_owned();
@@ -46,7 +46,7 @@ async fn session_events(app: &TestApp, session: &str) -> Vec<Value> {
 }
 
 /// `GET <path>` on a service's host name through a `devgem up` listener at `base` (`http://127.0.0.1:<port>`).
-async fn get_host(base: &str, label: &str, path: &str) -> (u16, String) {
+pub(crate) async fn get_host(base: &str, label: &str, path: &str) -> (u16, String) {
     let port = base.rsplit(':').next().unwrap_or_default();
     let response = reqwest::Client::new()
         .get(format!("{base}{path}"))
@@ -62,7 +62,7 @@ async fn get_service(app: &TestApp, label: &str) -> (u16, String) {
     get_host(&app.url, label, "/").await
 }
 
-fn copy_fixture(name: &str) -> tempfile::TempDir {
+pub(crate) fn copy_fixture(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_dir(&app_fixture(name), dir.path());
     dir

@@ -96,6 +96,13 @@ impl LogEntry {
         self.resource.labels.get("revision_name").map(String::as_str)
     }
 
+    /// `stdout` or `stderr` for a container's output (Cloud Run's log names
+    /// `run.googleapis.com%2Fstdout` and `%2Fstderr`, which the local runtime uses too).
+    pub fn stream(&self) -> Option<&'static str> {
+        let name = self.log_name.as_deref()?;
+        ["stdout", "stderr"].into_iter().find(|stream| name.ends_with(&format!("%2F{stream}")))
+    }
+
     /// The human-readable line: `textPayload`, else `jsonPayload.message`.
     pub fn message(&self) -> Option<&str> {
         self.text_payload

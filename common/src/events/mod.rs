@@ -241,6 +241,18 @@ pub struct MonitorAlert {
     pub key_lines: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_target: Option<String>,
+    /// When the rollback target was deployed, to say so in the question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_target_created_at: Option<DateTime<Utc>>,
+    /// What probably caused it, in plain words, when the lines say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub likely_cause: Option<String>,
+    /// Signals since the alert opened.
+    #[serde(default)]
+    pub count: u64,
+    /// The session to tell: the one of the deployment that made the revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
 }
 
 impl EventPayload for MonitorAlert {

@@ -520,6 +520,7 @@ fn traceback_log_entry() {
     let entry = LogEntry::decode(LOG_TRACEBACK.as_bytes()).expect("decodes");
     assert_eq!(entry.severity, Severity::Error);
     assert!(entry.log_name.as_deref().is_some_and(|n| n.ends_with("run.googleapis.com%2Fstderr")));
+    assert_eq!(entry.stream(), Some("stderr"));
     let message = entry.message().expect("textPayload is the message");
     assert!(message.starts_with("Traceback (most recent call last):"));
     assert!(message.ends_with("KeyError: 'DATABASE_URL'"));
@@ -563,6 +564,7 @@ fn severities_are_ordered() {
     assert_eq!(entry.severity, Severity::Default);
     assert_eq!(entry.service_name(), None);
     assert_eq!(entry.message(), None);
+    assert_eq!(entry.stream(), None, "no log name, no stream");
 }
 
 #[test]

@@ -193,6 +193,19 @@ pub struct DeploymentPlan {
     pub notes: Vec<String>,
 }
 
+/// One build of a deployment (each repair that needs a new image is one more), with its times:
+/// what `/stats` counts as builds and build minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRun {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How it ended (`SUCCESS`, `FAILURE`, `CANCELLED`, ...), once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     #[error("a deployment cannot go from {from} to {to}")]
@@ -247,6 +260,9 @@ pub struct Deployment {
     /// Repairs made to the plan after a failed build or start (at most [`MAX_REPAIRS`]).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub repairs: u32,
+    /// Every build this deployment ran, the replaced ones of repairs included, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<BuildRun>,
     /// When the janitor last re-sent the stage's event because the deployment stopped moving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nudged_at: Option<DateTime<Utc>>,
@@ -300,6 +316,7 @@ impl Deployment {
             build_log_sent: 0,
             allow_risky: false,
             repairs: 0,
+            builds: Vec::new(),
             nudged_at: None,
             created_at: now,
             updated_at: now,
@@ -424,6 +441,47 @@ impl Deployment {
     pub fn stage(&self, stage: Stage) -> Option<&StageProgress> {
         self.stages.iter().find(|s| s.stage == stage)
     }
+
+    /// Records that build `id` started at `at`; a build already recorded keeps its start.
+    pub fn build_started(&mut self, id: &str, at: DateTime<Utc>) {
+        if !self.builds.iter().any(|b| b.id == id) {
+            self.builds.push(BuildRun { id: id.to_owned(), started_at: at, finished_at: None, status: None });
+        }
+    }
+
+    /// Records that build `id` ended at `at` with `status` (started at `started` if its start
+    /// was not recorded); the first report of its end is kept.
+    pub fn build_finished(&mut self, id: &str, started: DateTime<Utc>, at: DateTime<Utc>, status: &str) {
+        self.build_started(id, started);
+        if let Some(run) = self.builds.iter_mut().find(|b| b.id == id)
+            && run.finished_at.is_none()
+        {
+            run.finished_at = Some(at.max(run.started_at));
+            run.status = Some(status.to_owned());
+        }
+    }
+
+    /// How many builds ran. A document written before builds were recorded counts its one
+    /// build id.
+    pub fn build_count(&self) -> u64 {
+        match self.builds.len() {
+            0 => u64::from(self.build_id.is_some()),
+            n => n as u64,
+        }
+    }
+
+    /// The time finished builds took, in seconds (running ones are not counted yet). A document
+    /// written before builds were recorded counts its build stage's span.
+    pub fn build_seconds(&self) -> f64 {
+        let span = |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).num_milliseconds().max(0) as f64 / 1000.0;
+        if self.builds.is_empty() {
+            return match self.stage(Stage::Build) {
+                Some(StageProgress { started_at: Some(from), finished_at: Some(to), .. }) => span(*from, *to),
+                _ => 0.0,
+            };
+        }
+        self.builds.iter().filter_map(|b| b.finished_at.map(|to| span(b.started_at, to))).sum()
+    }
 }
 
 #[cfg(test)]
@@ -506,6 +564,33 @@ mod tests {
         assert_eq!(d.raise_progress(101, now), Err(TransitionError::ProgressOutOfRange(101)));
         d.advance(DeploymentState::Building, now).expect("legal");
         assert_eq!(d.progress, 99, "entering a state never lowers progress");
+    }
+
+    #[test]
+    fn builds_are_recorded_once_each_with_their_times() {
+        let mut d = deployment();
+        let t0 = Utc::now();
+        let later = |s: i64| t0 + chrono::Duration::seconds(s);
+        assert_eq!((d.build_count(), d.build_seconds()), (0, 0.0));
+        d.build_started("b1", t0);
+        d.build_started("b1", later(5));
+        assert_eq!(d.builds.len(), 1, "a redelivered start is not a second build");
+        assert_eq!(d.build_seconds(), 0.0, "a running build has no duration yet");
+        d.build_finished("b1", later(99), later(90), "FAILURE");
+        d.build_finished("b1", later(99), later(200), "FAILURE");
+        // A repair's rebuild; its start was not seen, only its end.
+        d.build_finished("b2", later(100), later(130), "SUCCESS");
+        assert_eq!(d.build_count(), 2);
+        assert_eq!(d.build_seconds(), 120.0, "90 s + 30 s, the first report of an end kept");
+        assert_eq!(d.builds[0].status.as_deref(), Some("FAILURE"));
+
+        // A document from before builds were recorded: its build id and build stage count.
+        let mut json = serde_json::to_value(deployment()).expect("serializes");
+        json["build_id"] = serde_json::json!("old");
+        json["stages"][5]["started_at"] = serde_json::json!(t0);
+        json["stages"][5]["finished_at"] = serde_json::json!(later(60));
+        let old: Deployment = serde_json::from_value(json).expect("an old document still parses");
+        assert_eq!((old.build_count(), old.build_seconds()), (1, 60.0));
     }
 
     #[test]

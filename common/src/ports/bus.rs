@@ -54,6 +54,12 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
         let _ = cutoff;
         Ok(0)
     }
+
+    /// How many messages are in the dead letters, if the adapter can tell (for `/stats`);
+    /// `None` where the dead-letter topic is read elsewhere (Pub/Sub: Cloud Monitoring).
+    async fn dead_letter_count(&self) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
 }
 
 /// Typed publishing over any [`Bus`].

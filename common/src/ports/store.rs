@@ -265,6 +265,9 @@ pub enum StoreError {
     Conflict { key: String, reason: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The write touches what belongs to another user (an append to their session).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The backend cannot be reached right now; retrying later may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -315,6 +318,40 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How many session events each owner has, within `scope` (for `/stats`). This default
+    /// pages through [`Store::events_after`] for every session it can find: those with a
+    /// `sessions/` document and those of `deployments/`, so a chat-only session without a
+    /// document is missed. Adapters that can count (SQLite, Firestore's count aggregation)
+    /// override it.
+    async fn event_counts(&self, scope: &Scope) -> Result<std::collections::BTreeMap<UserId, u64>, StoreError> {
+        const PAGE: usize = 1000;
+        let mut sessions = std::collections::BTreeSet::new();
+        for doc in self.query(scope, &Query::collection("sessions")).await? {
+            sessions.insert(doc.key.id().to_owned());
+        }
+        for doc in self.query(scope, &Query::collection("deployments")).await? {
+            if let Some(session) = doc.data.get("session_id").and_then(Value::as_str) {
+                sessions.insert(session.to_owned());
+            }
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for raw in sessions {
+            let Ok(session) = SessionId::parse(&raw) else { continue };
+            let mut after = 0;
+            loop {
+                let page = self.events_after(scope, &session, after, PAGE).await?;
+                for event in &page {
+                    *counts.entry(event.owner.clone()).or_insert(0) += 1;
+                }
+                match page.last() {
+                    Some(last) if page.len() == PAGE => after = last.seq,
+                    _ => break,
+                }
+            }
+        }
+        Ok(counts)
+    }
 }
 
 /// Typed conveniences over any [`Store`].

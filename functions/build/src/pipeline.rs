@@ -10,8 +10,7 @@ use devgem_common::handler::HandlerError;
 use devgem_common::ids::DeploymentId;
 use devgem_common::ledger::{LedgerError, Once, recorded, run_once};
 use devgem_common::model::deployment::{Deployment, DeploymentState, FailureCause, Stage, StageStatus};
-use devgem_common::ports::blobs::BlobsExt;
-use devgem_common::ports::builder::{BuildRequest, BuilderError, log_blob_key};
+use devgem_common::ports::builder::{BuildRequest, BuilderError};
 use devgem_common::ports::bus::BusExt;
 use devgem_common::ports::source::SourceSpec;
 use devgem_common::ports::store::{NewEvent, SessionEventKind, Store};
@@ -111,6 +110,7 @@ pub async fn on_build_requested(
         Err(LedgerError::Store(e)) => return Err(e.into()),
     };
     deployment.build_id = Some(build_id.clone());
+    deployment.build_started(&build_id, now());
     let events = vec![update(&deployment, Stage::Build, StageStatus::Running, format!("Build {build_id} started"))];
     timeline::save(store, &deployment, version, events).await?;
     tokio::spawn(follow_log(state.clone(), deployment, build_id));
@@ -197,6 +197,13 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
         Some(ours) if ours != notification.build_id => return Ok(()),
         Some(_) => {}
     }
+    // Its times, for `/stats`: Cloud Build's own when it gives them.
+    let started = notification.build.start_time.unwrap_or_else(now);
+    deployment.build_started(&notification.build_id, started);
+    if notification.status.is_final() {
+        let finished = notification.build.finish_time.unwrap_or_else(now);
+        deployment.build_finished(&notification.build_id, started, finished, notification.status.as_str());
+    }
     match notification.status {
         BuildStatus::Queued | BuildStatus::Pending | BuildStatus::Working | BuildStatus::StatusUnknown => {
             let raised = deployment.raise_progress(50, now()).map_err(internal)?;
@@ -272,11 +279,7 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
 }
 
 async fn log_tail(state: &AppState, build_id: &str) -> Vec<String> {
-    let Some(key) = log_blob_key(build_id) else { return Vec::new() };
-    let Ok(bytes) = state.ports.blobs.get_bytes(&key).await else { return Vec::new() };
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL)..].iter().map(|l| (*l).to_owned()).collect()
+    devgem_common::deployments::build_log_tail(state.ports.blobs.as_ref(), build_id, LOG_TAIL).await
 }
 
 async fn request_release(state: &AppState, deployment: &Deployment) -> Result<(), HandlerError> {

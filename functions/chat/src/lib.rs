@@ -4,13 +4,16 @@
 //!   yes/no to the session's pending question, the rules' fast path ([`intent`], [`rules`]) for
 //!   clear intents, the configured LLM ([`AppState::brain`]) for the rest, all through the same
 //!   [`tools`] and the same guard on side effects.
+//! - `POST /push/alerts` (`dev.devgem.monitor.alert.v1`): an alert told, with a rollback question.
 //!
 //! # Layout
 //! - [`intent`]: the user's words read by rules; [`rules`]: the offline [`Brain`] built on them.
 //! - [`tools`]: the tools, their JSON Schemas and the side-effect guard; [`inspect`]:
 //!   `clone_and_analyze`.
 //! - [`turn`]: the conversation loop, pending questions, LLM fallback.
+//! - [`alerts`]: the monitor's alerts told in the chat, with the rollback question.
 
+pub mod alerts;
 pub mod inspect;
 pub mod intent;
 pub mod rules;
@@ -18,9 +21,9 @@ pub mod tools;
 pub mod turn;
 
 use axum::Router;
-use devgem_common::events::ChatTurn;
+use devgem_common::events::{ChatTurn, MonitorAlert};
 use devgem_common::function::health_router;
-use devgem_common::handler::{PushState, push_route};
+use devgem_common::handler::{PushState, correlated_push_route};
 use devgem_common::ports::Ports;
 use devgem_common::ports::brain::Brain;
 use devgem_common::ports::runtime::Runtime;
@@ -34,6 +37,9 @@ pub const NAME: &str = "chat";
 
 /// The path the `chat-turns` subscription pushes to.
 pub const PUSH_CHAT_TURNS: &str = "/push/chat-turns";
+
+/// The path the `alerts` subscription pushes to.
+pub const PUSH_ALERTS: &str = "/push/alerts";
 
 /// Everything the function needs, built once by `devgem serve` or `devgem up`.
 #[derive(Debug, Clone)]
@@ -53,7 +59,14 @@ pub struct AppState {
 /// The function's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(PUSH_CHAT_TURNS, push_route(|s: AppState, e: ChatTurn| async move { turn::on_turn(&s, e).await }))
+        .route(
+            PUSH_CHAT_TURNS,
+            correlated_push_route(|s: AppState, e: ChatTurn, c| async move { turn::on_turn(&s, e, c).await }),
+        )
+        .route(
+            PUSH_ALERTS,
+            correlated_push_route(|s: AppState, e: MonitorAlert, c| async move { alerts::on_alert(&s, e, c).await }),
+        )
         .with_state(state.clone())
         .merge(health_router(NAME, state.ports.store.clone()))
 }

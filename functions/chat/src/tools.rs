@@ -7,7 +7,8 @@
 use crate::AppState;
 use crate::intent::regex;
 use devgem_common::deployments::{
-    AbortError, RollbackError, StartError, StartRequest, abort, rollback as rollback_service, start,
+    AbortError, EnvChange, RollbackError, StartError, StartRequest, Started, abort, change_env, log_lines,
+    redeploy_request as redeploy_of, rollback as rollback_service, start,
 };
 use devgem_common::events::ChatTurn;
 use devgem_common::handler::HandlerError;
@@ -92,8 +93,8 @@ pub fn specs() -> Vec<ToolSpec> {
         spec("abort", "Stop the deployment in progress. Only when the user asked.", none.clone()),
         spec(
             "rollback",
-            "Move a service's traffic back to its previous revision. Only when the user asked.",
-            json!({ "type": "object", "properties": { "service": { "type": "string" } } }),
+            "Move a service's traffic back to its previous revision (or the revision `to`). Only when the user asked.",
+            json!({ "type": "object", "properties": { "service": { "type": "string" }, "to": { "type": "string" } } }),
         ),
         spec("list_deployments", "The user's deployments, newest first, with their state.", none.clone()),
         spec("get_status", "The state of the user's latest deployment.", none.clone()),
@@ -171,6 +172,8 @@ struct SourceArgs {
 struct ServiceArgs {
     service: Option<String>,
     lines: Option<usize>,
+    /// The revision to roll back to; the service's rollback target when absent.
+    to: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,7 +214,7 @@ pub async fn run(caller: Caller<'_>, call: &ToolCall) -> Result<Outcome, Handler
             Err(e) => bad(e),
         },
         "rollback" => match args::<ServiceArgs>(call) {
-            Ok(a) => rollback(caller, a.service).await,
+            Ok(a) => rollback(caller, a.service, a.to).await,
             Err(e) => bad(e),
         },
         "abort" => abort_latest(caller).await,
@@ -260,7 +263,7 @@ fn cause_in_words(cause: FailureCause) -> &'static str {
 async fn start_deploy(caller: Caller<'_>, request: StartRequest, what: &str) -> Result<Outcome, HandlerError> {
     let source = request.source.clone();
     let state = caller.state;
-    match start(
+    let outcome = start(
         &state.ports,
         state.secrets.as_ref(),
         &caller.turn.user_id,
@@ -268,8 +271,13 @@ async fn start_deploy(caller: Caller<'_>, request: StartRequest, what: &str) -> 
         request,
         crate::NAME,
     )
-    .await
-    {
+    .await;
+    started(outcome, &source, what)
+}
+
+/// What the user is told of a deployment started (or not) from `source`.
+fn started(outcome: Result<Started, StartError>, source: &str, what: &str) -> Result<Outcome, HandlerError> {
+    match outcome {
         Ok(started) => {
             Ok(Outcome::text(format!("{what} {source} as {}. I will report every stage here.", started.service)))
         }
@@ -292,40 +300,37 @@ async fn deploy(caller: Caller<'_>, a: SourceArgs) -> Result<Outcome, HandlerErr
     start_deploy(caller, request, what).await
 }
 
-/// The request that deploys `d`'s source again, with its env and secrets.
-fn redeploy_of(d: &Deployment, session: &devgem_common::ids::SessionId) -> StartRequest {
-    StartRequest {
-        source: d.source.location.to_string(),
-        git_ref: d.source.git_ref.clone(),
-        name: Some(d.service.to_string()),
-        env: d.env.clone(),
-        secret_refs: d.secret_env.clone(),
-        allow_risky: d.allow_risky,
-        session_id: Some(session.clone()),
-        ..StartRequest::default()
-    }
-}
-
 async fn set_env(caller: Caller<'_>, a: EnvArgs) -> Result<Outcome, HandlerError> {
     let list = deployments(caller).await?;
     let Some(latest) = list.first() else {
         return Ok(Outcome::text("You have no deployment to set it on yet. Deploy a repository first."));
     };
-    let mut request = redeploy_of(latest, &caller.turn.session_id);
-    request.env.remove(&a.name);
-    request.secret_refs.remove(&a.name);
+    let mut change = EnvChange::default();
     let what = if a.unset {
+        change.unset.push(a.name.clone());
         format!("Deploying {} again without {}:", latest.service, a.name)
     } else if a.value.is_empty() {
         return Ok(Outcome::text(format!("{} needs a value: `set {}=value`.", a.name, a.name)));
     } else if a.secret {
-        request.secrets = BTreeMap::from([(a.name.clone(), a.value)]);
+        change.secrets = BTreeMap::from([(a.name.clone(), a.value)]);
         format!("Deploying {} again with the secret {} (stored encrypted, never shown):", latest.service, a.name)
     } else {
-        request.env.insert(a.name.clone(), a.value);
+        change.set = BTreeMap::from([(a.name.clone(), a.value)]);
         format!("Deploying {} again with {} set:", latest.service, a.name)
     };
-    start_deploy(caller, request, &what).await
+    let state = caller.state;
+    let source = latest.source.location.to_string();
+    let changed = change_env(
+        &state.ports,
+        state.secrets.as_ref(),
+        latest,
+        change,
+        &caller.turn.session_id,
+        caller.correlation_id.clone(),
+        crate::NAME,
+    )
+    .await;
+    started(changed, &source, &what)
 }
 
 async fn status(caller: Caller<'_>) -> Result<Outcome, HandlerError> {
@@ -409,9 +414,9 @@ async fn logs(caller: Caller<'_>, a: ServiceArgs) -> Result<Outcome, HandlerErro
         }));
     };
     let lines = a.lines.unwrap_or(50).clamp(1, 1000);
-    Ok(Outcome::text(match caller.state.runtime.logs(&d.owner, &d.service, None, lines).await {
-        Ok(entries) if !entries.is_empty() => {
-            let text: Vec<String> = entries.iter().filter_map(|e| e.message().map(|m| format!("    {m}"))).collect();
+    Ok(Outcome::text(match log_lines(caller.state.runtime.as_ref(), &d.owner, &d.service, None, lines).await {
+        Ok(lines) if !lines.is_empty() => {
+            let text: Vec<String> = lines.iter().map(|l| format!("    {}", l.text)).collect();
             format!("The last {} lines of {}:\n{}", text.len(), d.service, text.join("\n"))
         }
         Ok(_) => format!("{} has written no logs yet.", d.service),
@@ -419,7 +424,7 @@ async fn logs(caller: Caller<'_>, a: ServiceArgs) -> Result<Outcome, HandlerErro
     }))
 }
 
-async fn rollback(caller: Caller<'_>, service: Option<String>) -> Result<Outcome, HandlerError> {
+async fn rollback(caller: Caller<'_>, service: Option<String>, to: Option<String>) -> Result<Outcome, HandlerError> {
     let list = deployments(caller).await?;
     let Some(name) = service.or_else(|| list.first().map(|d| d.service.to_string())) else {
         return Ok(Outcome::text("You have no service to roll back."));
@@ -430,7 +435,7 @@ async fn rollback(caller: Caller<'_>, service: Option<String>) -> Result<Outcome
         &caller.state.ports,
         &turn.user_id,
         &name,
-        None,
+        to.as_deref(),
         session,
         caller.correlation_id.clone(),
         crate::NAME,

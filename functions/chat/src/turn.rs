@@ -56,7 +56,8 @@ struct Reply {
     answered: bool,
 }
 
-pub async fn on_turn(state: &AppState, turn: ChatTurn) -> Result<(), HandlerError> {
+/// Answers one chat turn; every event it causes carries the turn's `correlation_id`.
+pub async fn on_turn(state: &AppState, turn: ChatTurn, correlation_id: CorrelationId) -> Result<(), HandlerError> {
     let store = state.ports.store.as_ref();
     let ledger_key =
         turn.client_message_id.as_ref().map(|id| format!("turn-{}-{}", turn.session_id, id.replace('/', "_")));
@@ -66,7 +67,6 @@ pub async fn on_turn(state: &AppState, turn: ChatTurn) -> Result<(), HandlerErro
     {
         return Ok(());
     }
-    let correlation_id = CorrelationId::generate();
     let session_key = DocKey::new("sessions", turn.session_id.as_str())?;
     let scope = Scope::Owner(turn.user_id.clone());
     let session = store.get_typed::<Session>(&scope, &session_key).await?.map(|(s, _)| s);
@@ -106,7 +106,9 @@ pub async fn on_turn(state: &AppState, turn: ChatTurn) -> Result<(), HandlerErro
 /// The tool call a "yes" to `question` runs.
 fn confirmed_call(question: &PendingQuestion) -> ToolCall {
     let (name, arguments) = match question {
-        PendingQuestion::Rollback { service, .. } => ("rollback", json!({ "service": service })),
+        PendingQuestion::Rollback { service, to_revision, .. } => {
+            ("rollback", json!({ "service": service, "to": to_revision }))
+        }
         PendingQuestion::Confirm { tool, arguments } => (tool.as_str(), arguments.clone()),
     };
     ToolCall { id: "confirmed".into(), name: name.to_owned(), arguments }
@@ -120,8 +122,16 @@ async fn respond(caller: Caller<'_>, pending: Option<&PendingQuestion>) -> Resul
             let outcome = tools::run(caller, &call).await?;
             Ok(Reply { text: outcome.text, question: outcome.question, answered: true })
         }
-        (Intent::No, Some(_)) => {
-            Ok(Reply { text: "All right, I will leave it as it is.".into(), question: None, answered: true })
+        (Intent::No, Some(question)) => {
+            let mut text = String::from("All right, I will leave it as it is.");
+            // "No" to an alert's rollback mutes that alert for the revision.
+            if let PendingQuestion::Rollback { alert_id, service, .. } = question {
+                let store = caller.state.ports.store.as_ref();
+                if devgem_common::incidents::mute(store, &caller.turn.user_id, alert_id).await? {
+                    text = format!("All right, {service} stays as it is, and I will not raise this alert again.");
+                }
+            }
+            Ok(Reply { text, question: None, answered: true })
         }
         (intent, _) => {
             // With an LLM, a failure is also explained by it: a short diagnosis and a fix.

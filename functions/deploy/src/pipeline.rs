@@ -261,6 +261,7 @@ async fn record_service(
             };
             service.add_revision(entry).map_err(internal)?;
         }
+        let previous = service.traffic.serving.clone();
         service.route_to(revision).map_err(internal)?;
         service.url = Some(url.to_owned());
         let data = to_data(&service)?;
@@ -269,7 +270,10 @@ async fn record_service(
             None => Write::Create { key: key.clone(), owner: deployment.owner.clone(), data },
         };
         match store.commit(vec![write]).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                resolve_incidents(state, &deployment.owner, previous.as_deref(), revision).await;
+                return Ok(());
+            }
             Err(e) if e.is_conflict() => continue,
             Err(e) => return Err(e.into()),
         }
@@ -320,7 +324,27 @@ pub async fn on_rollback(
         Err(e) if e.is_conflict() => return Err(HandlerError::Transient("the service changed; trying again".into())),
         Err(e) => return Err(e.into()),
     }
+    resolve_incidents(state, &rollback.owner, previous.as_deref(), &target).await;
+    if let Ok(url) = state.runtime.service_url(&rollback.owner, &rollback.service).await {
+        message = format!("{message}; it answers at {url}");
+    }
     append_message(state, &rollback, message).await
+}
+
+/// Traffic left `previous` for `serving`: the monitor's open alerts about `previous` are over.
+/// A failure here is logged, not retried: the janitor resolves quiet incidents anyway.
+async fn resolve_incidents(
+    state: &AppState,
+    owner: &devgem_common::ids::UserId,
+    previous: Option<&str>,
+    serving: &str,
+) {
+    let Some(previous) = previous.filter(|p| *p != serving) else { return };
+    let (store, now) = (state.ports.store.as_ref(), state.ports.clock.now());
+    let why = format!("traffic moved to {serving}");
+    if let Err(e) = devgem_common::incidents::resolve_revision(store, owner, previous, &why, now).await {
+        tracing::warn!(revision = previous, error = %e, "the revision's incidents were not resolved");
+    }
 }
 
 async fn append_message(
@@ -333,7 +357,7 @@ async fn append_message(
     let event = NewEvent {
         kind: SessionEventKind::Message,
         correlation_id: devgem_common::ids::CorrelationId::generate(),
-        data: serde_json::json!({ "text": text, "service": rollback.service }),
+        data: serde_json::json!({ "role": "assistant", "text": text, "service": rollback.service }),
     };
     state
         .ports

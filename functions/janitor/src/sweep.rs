@@ -24,7 +24,12 @@ pub struct Report {
     pub pruned_ledger_entries: usize,
     /// Dead letters older than the retention, removed from the bus.
     pub pruned_dead_letters: u64,
+    /// Open monitor alerts with no new signal for [`INCIDENT_QUIET`], resolved.
+    pub resolved_incidents: usize,
 }
+
+/// An open alert with no new signal for this long is over (the monitor's default `quiet_for`).
+pub const INCIDENT_QUIET: chrono::Duration = chrono::Duration::minutes(10);
 
 /// How old a finished ledger entry must be to go.
 const LEDGER_RETENTION: chrono::Duration = chrono::Duration::days(7);
@@ -54,6 +59,9 @@ pub async fn sweep(state: &AppState) -> Result<Report, StoreError> {
         // Pruning is housekeeping: the next sweep tries again.
         Err(e) => tracing::warn!(error = %e, "dead letters were not pruned"),
     }
+    let now = state.ports.clock.now();
+    report.resolved_incidents =
+        devgem_common::incidents::resolve_quiet(state.ports.store.as_ref(), now - INCIDENT_QUIET, now).await?;
     Ok(report)
 }
 

@@ -507,6 +507,17 @@ impl Bus for LocalBus {
             .map_err(BusError::Unavailable)?;
         Ok(removed as u64)
     }
+
+    async fn dead_letter_count(&self) -> Result<Option<u64>, BusError> {
+        self.inner
+            .db
+            .read(|conn| {
+                conn.query_row("SELECT COUNT(*) FROM dead_letters", [], |row| row.get::<_, i64>(0))
+                    .map(|n| Some(n.max(0) as u64))
+                    .map_err(sql)
+            })
+            .await
+    }
 }
 
 fn load_pending(conn: &rusqlite::Connection, subscription: &str) -> Result<Vec<(Pending, i64)>, BusError> {

@@ -204,6 +204,18 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write, now: &str) -> Result<Wri
             if events.is_empty() {
                 return Err(StoreError::Invalid("an append needs at least one event".into()));
             }
+            // A session belongs to the writer of its first event; nobody else appends to it.
+            let first_owner: Option<String> = tx
+                .query_row(
+                    "SELECT owner FROM session_events WHERE session_id = ?1 ORDER BY seq LIMIT 1",
+                    params![session.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql)?;
+            if first_owner.is_some_and(|first| first != owner.as_str()) {
+                return Err(StoreError::Forbidden(format!("session {session}")));
+            }
             let last: i64 = tx
                 .query_row(
                     "SELECT COALESCE(MAX(seq), 0) FROM session_events WHERE session_id = ?1",
@@ -457,6 +469,31 @@ impl Store for LocalStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql)).await
+    }
+
+    /// One grouped count over the event table: no event is read.
+    async fn event_counts(&self, scope: &Scope) -> Result<std::collections::BTreeMap<UserId, u64>, StoreError> {
+        let owner = match scope {
+            Scope::All => None,
+            Scope::Owner(o) => Some(o.as_str().to_owned()),
+        };
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT owner, COUNT(*) FROM session_events WHERE (?1 IS NULL OR owner = ?1) GROUP BY owner",
+                    )
+                    .map_err(sql)?;
+                let mut rows = stmt.query(params![owner]).map_err(sql)?;
+                let mut counts = std::collections::BTreeMap::new();
+                while let Some(row) = rows.next().map_err(sql)? {
+                    let owner: String = row.get(0).map_err(sql)?;
+                    let count: i64 = row.get(1).map_err(sql)?;
+                    counts.insert(parse_owner(&owner)?, count.max(0) as u64);
+                }
+                Ok(counts)
+            })
+            .await
     }
 }
 

@@ -112,12 +112,14 @@ async fn permanent_failures_end_in_the_dead_letter_table() {
     assert_eq!((dead[0].message_id.as_str(), dead[0].attempts, dead[0].last_status.as_str()), (id.as_str(), 5, "400"));
     assert_eq!(dead[0].data.as_ref(), b"never works");
     assert_eq!(bus.stats().await.expect("stats").backlog, 0);
+    assert_eq!(Bus::dead_letter_count(&bus).await, Ok(Some(1)), "the port's count, for /stats");
 
     // The janitor's pruning: only letters that died before the cutoff go.
     let before = dead[0].dead_at - chrono::Duration::seconds(1);
     assert_eq!(bus.prune_dead_letters(before).await.expect("prune"), 0, "a younger letter stays");
     assert_eq!(bus.prune_dead_letters(dead[0].dead_at + chrono::Duration::seconds(1)).await.expect("prune"), 1);
     assert_eq!(bus.stats().await.expect("stats").dead_letters, 0);
+    assert_eq!(Bus::dead_letter_count(&bus).await, Ok(Some(0)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

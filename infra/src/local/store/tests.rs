@@ -289,3 +289,78 @@ async fn an_append_whose_caller_went_away_still_wakes_watchers() {
     let event = woken.expect("the watcher was woken").expect("task").expect("stream open").expect("event");
     assert_eq!(event.seq, 1);
 }
+
+#[tokio::test]
+async fn a_session_belongs_to_the_writer_of_its_first_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let session = SessionId::parse("s1").expect("id");
+    let append =
+        |owner: &str, n: u64| Write::Append { session: session.clone(), owner: user(owner), events: vec![event(n)] };
+    store.commit(vec![append("alice", 1)]).await.expect("the first writer starts the session");
+    let refused = store.commit(vec![append("bob", 2)]).await.expect_err("bob may not write in alice's session");
+    assert!(matches!(refused, StoreError::Forbidden(_)), "{refused:?}");
+    store.commit(vec![append("alice", 2)]).await.expect("alice goes on");
+    let all = store.events_after(&Scope::All, &session, 0, 10).await.expect("events");
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2], "bob's refused append left no gap");
+}
+
+/// The trait's default `event_counts`, on the same data: it pages through the sessions it finds.
+#[derive(Debug)]
+struct DefaultCounts(LocalStore);
+
+#[async_trait]
+impl Store for DefaultCounts {
+    async fn get(&self, scope: &Scope, key: &DocKey) -> Result<Option<Document>, StoreError> {
+        self.0.get(scope, key).await
+    }
+    async fn commit(&self, writes: Vec<Write>) -> Result<Committed, StoreError> {
+        self.0.commit(writes).await
+    }
+    async fn query(&self, scope: &Scope, query: &Query) -> Result<Vec<Document>, StoreError> {
+        self.0.query(scope, query).await
+    }
+    async fn events_after(
+        &self,
+        scope: &Scope,
+        session: &SessionId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        self.0.events_after(scope, session, after, limit).await
+    }
+    fn watch(&self, scope: Scope, session: SessionId, after: u64) -> EventStream {
+        self.0.watch(scope, session, after)
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+}
+
+#[tokio::test]
+async fn event_counts_are_per_owner_within_the_scope_and_match_the_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let append = |session: &str, owner: &str, n: u64| Write::Append {
+        session: SessionId::parse(session).expect("id"),
+        owner: user(owner),
+        events: (0..n).map(event).collect(),
+    };
+    // 1,203 events in alice's deployment session: more than one page of the default.
+    store
+        .commit(vec![append("alice-1", "alice", 1203), append("alice-2", "alice", 2), append("bob-1", "bob", 3)])
+        .await
+        .expect("append");
+    // The default finds sessions through their documents and the deployments'.
+    store.create(key("sessions", "alice-2"), user("alice"), &json!({})).await.expect("session doc");
+    store.create(key("sessions", "bob-1"), user("bob"), &json!({})).await.expect("session doc");
+    store.create(key("deployments", "d1"), user("alice"), &json!({"session_id": "alice-1"})).await.expect("doc");
+    let expected_all = std::collections::BTreeMap::from([(user("alice"), 1205), (user("bob"), 3)]);
+    let expected_bob = std::collections::BTreeMap::from([(user("bob"), 3)]);
+    assert_eq!(store.event_counts(&Scope::All).await.expect("counts"), expected_all);
+    assert_eq!(store.event_counts(&Scope::Owner(user("bob"))).await.expect("counts"), expected_bob);
+    assert!(store.event_counts(&Scope::Owner(user("carol"))).await.expect("counts").is_empty());
+    let default = DefaultCounts(store.clone());
+    assert_eq!(default.event_counts(&Scope::All).await.expect("counts"), expected_all);
+    assert_eq!(default.event_counts(&Scope::Owner(user("bob"))).await.expect("counts"), expected_bob);
+}
