@@ -247,12 +247,16 @@ pub struct MonitorAlert {
     /// What probably caused it, in plain words, when the lines say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub likely_cause: Option<String>,
-    /// Signals since the alert opened.
-    #[serde(default)]
+    /// Signals since the alert opened (absent: not counted).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub count: u64,
     /// The session to tell: the one of the deployment that made the revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<SessionId>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl EventPayload for MonitorAlert {
