@@ -164,8 +164,13 @@ async fn the_web_ui_deploys_streams_resumes_after_a_reload_and_renders_replies_a
     )
     .await;
     let id = id.as_str().expect("a deployment id").to_owned();
-    wait(&page, "the first build log line", "document.querySelectorAll('[data-testid=build-log] .log-line').length > 0", 120)
-        .await;
+    wait(
+        &page,
+        "the first build log line",
+        "document.querySelectorAll('[data-testid=build-log] .log-line').length > 0",
+        120,
+    )
+    .await;
     let before = card(&page, &id).await;
     let session = eval(&page, "localStorage.getItem('devgem.session')").await;
     assert!(session.is_string(), "the session is kept for a reload: {session}");
@@ -263,14 +268,18 @@ async fn the_web_ui_deploys_streams_resumes_after_a_reload_and_renders_replies_a
     tokio::time::sleep(Duration::from_millis(400)).await;
     page.screenshot(&screenshot_path("ui-desktop.png")).await.expect("desktop screenshot");
     page.set_viewport(390, 844, 1.0, true).await.expect("phone viewport");
-    wait(&page, "the narrow layout", "innerWidth === 390 && getComputedStyle(document.querySelector('[data-testid=menu]')).display !== 'none'", 10)
-        .await;
+    wait(
+        &page,
+        "the narrow layout",
+        "innerWidth === 390 && getComputedStyle(document.querySelector('[data-testid=menu]')).display !== 'none'",
+        10,
+    )
+    .await;
     eval(&page, "document.querySelector('[data-testid=timeline]').scrollTop = 1e9").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     page.screenshot(&screenshot_path("ui-390.png")).await.expect("phone screenshot");
     let overflow = eval(&page, "document.documentElement.scrollWidth - innerWidth").await;
     assert_eq!(overflow, 0, "nothing is wider than the phone's screen");
-
 
     // A message with HTML in it shows as text, and runs nothing.
     say(&page, XSS, false).await;
@@ -284,16 +293,90 @@ async fn the_web_ui_deploys_streams_resumes_after_a_reload_and_renders_replies_a
         20,
     )
     .await;
-    wait(&page, "the chat's answer", "document.querySelectorAll('[data-testid=message][data-role=assistant]').length >= 2", 20)
-        .await;
+    wait(
+        &page,
+        "the chat's answer",
+        "document.querySelectorAll('[data-testid=message][data-role=assistant]').length >= 2",
+        20,
+    )
+    .await;
     assert_eq!(eval(&page, "document.querySelectorAll('.timeline script, .timeline img').length").await, 0);
     assert_eq!(eval(&page, "typeof window.__pwned").await, "undefined", "nothing ran");
+
+    // The deployment's runtime logs, and its env editor: a secret is written, never shown back.
+    page.set_viewport(1280, 800, 1.0, false).await.expect("desktop viewport");
+    eval(
+        &page,
+        &format!(
+            "document.querySelector(`[data-testid=deployment-card][data-deployment-id=${{CSS.escape({})}}] [data-testid=open-logs]`).click()",
+            js(&id)
+        ),
+    )
+    .await;
+    wait(
+        &page,
+        "runtime log lines",
+        "document.querySelectorAll('[data-testid=logs-view] .runtime-log .log-line').length > 0",
+        20,
+    )
+    .await;
+    let secret = format!("s3cr3t-{}", std::process::id());
+    eval(
+        &page,
+        &format!(
+            "(() => {{
+                document.querySelector('#tab-env').click();
+                const add = (name, value, secret) => {{
+                    document.querySelector('#env-new-name').value = name;
+                    document.querySelector('#env-new-value').value = value;
+                    document.querySelector('#env-new-secret').checked = secret;
+                    document.querySelector('#env-add').click();
+                }};
+                add('GREETING', 'hello', false);
+                add('API_KEY', {}, true);
+                document.querySelector('[data-testid=env-save]').click();
+            }})()",
+            js(&secret)
+        ),
+    )
+    .await;
+    let rows = wait(
+        &page,
+        "the new deployment's variables",
+        "(() => {
+            const rows = [...document.querySelectorAll('[data-testid=env-editor] [data-testid=env-row]')]
+                .map((r) => [r.dataset.name, r.dataset.secret, r.querySelector('input').value, r.textContent.includes('••• set')]);
+            return document.querySelector('[data-testid=env-status]').textContent.startsWith('Saved') && rows.length === 2 && rows;
+        })()",
+        30,
+    )
+    .await;
+    assert_eq!(rows, json!([["API_KEY", "true", "", true], ["GREETING", "false", "hello", false]]));
+    let leaked = eval(
+        &page,
+        &format!(
+            "document.documentElement.outerHTML.includes({s}) || [...document.querySelectorAll('input')].some((i) => i.value.includes({s}))",
+            s = js(&secret)
+        ),
+    )
+    .await;
+    assert_eq!(leaked, false, "the secret's value is not on the page");
+    wait(
+        &page,
+        "the redeploy with the new env, live",
+        "[...document.querySelectorAll('[data-testid=deployment-card]')].filter((c) => c.dataset.state === 'live').length === 2",
+        120,
+    )
+    .await;
+    eval(&page, "document.querySelector('#panel-close').click()").await;
 
     // Nothing was refused by the page's Content-Security-Policy, and no script failed.
     let console = page.console();
     let problems: Vec<&String> = console
         .iter()
-        .filter(|l| l.contains("Content Security Policy") || l.starts_with("exception") || l.starts_with("console.error"))
+        .filter(|l| {
+            l.contains("Content Security Policy") || l.starts_with("exception") || l.starts_with("console.error")
+        })
         .collect();
     assert!(problems.is_empty(), "the console shows problems: {problems:#?}");
 

@@ -107,9 +107,12 @@ const app = {
   countdown: null,
   lastFrameAt: 0,
   outbox: [],
+  // Sent on a socket but not echoed yet: sent again (same client_message_id) after a reconnect.
+  unconfirmed: [],
   cards: new Map(),
   alerts: new Map(),
   listed: new Map(),
+  serving: new Map(),
   follow: true,
   panel: null,
 };
@@ -252,6 +255,7 @@ function connect() {
   const ws = new WebSocket(`${scheme}//${location.host}/ws/chat`);
   app.ws = ws;
   let refusal = null;
+  let refusalTimer = null;
   ws.onopen = () => {
     const auth = { type: "auth", token: app.token, after: app.lastSeq };
     if (app.sessionId) auth.session_id = app.sessionId;
@@ -265,10 +269,25 @@ function connect() {
     } catch {
       return;
     }
-    if (frame?.type === "error" && frame.seq == null) refusal = frame.data?.message ?? null;
+    if (frame?.type === "error" && frame.seq == null) {
+      // An error frame either says why the socket is about to close, or refuses one message
+      // and the socket stays open: which one shows when the close does or does not follow.
+      refusal = frame.data?.message ?? null;
+      clearTimeout(refusalTimer);
+      refusalTimer = setTimeout(() => {
+        if (app.ws !== ws) return;
+        refusal = null;
+        renderError(frame.data ?? {});
+        // The message it refused will not be echoed.
+        const first = app.unconfirmed.shift();
+        if (first) timeline.querySelector(`.message.pending[data-client-id="${CSS.escape(first.client_message_id)}"]`)?.remove();
+      }, 500);
+      return;
+    }
     onFrame(frame, ws);
   };
   ws.onclose = (event) => {
+    clearTimeout(refusalTimer);
     if (app.ws !== ws) return;
     app.ws = null;
     app.ready = false;
@@ -342,6 +361,9 @@ function onFrame(frame, ws) {
       }
       app.ready = true;
       app.attempt = 0;
+      // What the last socket took but never echoed goes again; the relay answers an id once.
+      app.outbox = [...app.unconfirmed, ...app.outbox];
+      app.unconfirmed = [];
       setConnection("open", "Connected");
       flushOutbox();
       return;
@@ -352,10 +374,7 @@ function onFrame(frame, ws) {
     default:
       break;
   }
-  if (typeof frame.seq !== "number") {
-    if (frame.type === "error") renderError(frame.data ?? {});
-    return;
-  }
+  if (typeof frame.seq !== "number") return;
   // Exactly once: a frame already rendered (a resend around a reconnect) is dropped.
   if (frame.seq <= app.lastSeq) return;
   app.lastSeq = frame.seq;
@@ -409,6 +428,7 @@ function newChat() {
   app.sessionId = null;
   localStorage.removeItem(SESSION_KEY);
   app.outbox = [];
+  app.unconfirmed = [];
   app.attempt = 0;
   connect();
   $("chat-input").focus();
@@ -456,9 +476,12 @@ function renderEvent(event) {
 }
 
 function renderMessage(role, text, event) {
-  if (role === "user") {
-    // The echo of a message sent from here replaces its pending copy.
-    timeline.querySelector(".message.pending")?.remove();
+  if (role === "user" && app.unconfirmed.length) {
+    // The echo of a message sent from here replaces its pending copy. (Secret values come back
+    // masked, so a message that matches no text confirms the oldest one.)
+    const at = app.unconfirmed.findIndex((m) => m.text === text);
+    const [confirmed] = app.unconfirmed.splice(at === -1 ? 0 : at, 1);
+    timeline.querySelector(`.message.pending[data-client-id="${CSS.escape(confirmed.client_message_id)}"]`)?.remove();
   }
   const body = el("div", { class: "message-body markdown" });
   body.append(renderMarkdown(text));
@@ -606,6 +629,10 @@ class DeploymentCard {
     this.bar.classList.toggle("failed", state === "failed" || state === "aborted");
     this.bar.classList.toggle("done", state === "live");
     updateListItem(this.id, state);
+    if (app.panel?.id === this.id) {
+      $("panel-state").textContent = STATE_LABELS[state] ?? state;
+      $("panel-state").className = `badge state-${state}`;
+    }
   }
 
   setPercent(value) {
@@ -633,6 +660,7 @@ class DeploymentCard {
     if (typeof data.elapsed_ms === "number" && !Number.isNaN(t)) this.startMs = t - data.elapsed_ms;
     if (data.state === "live" || data.state === "failed" || data.state === "aborted") this.endMs ??= t;
     this.tick();
+    scrollToEnd();
   }
 
   update(data) {
@@ -644,6 +672,7 @@ class DeploymentCard {
       this.notesEl.append(el("li", { class: `note ${data.status ?? ""}`, text: data.text }));
     }
     if (data.text) this.statusEl.textContent = data.text;
+    scrollToEnd();
   }
 
   analysis(data) {
@@ -681,6 +710,7 @@ class DeploymentCard {
     this.logBox.hidden = false;
     this.logCount.textContent = this.dropped ? `last ${MAX_LOG_LINES} of ${this.lines} lines` : `${this.lines} line${this.lines === 1 ? "" : "s"}`;
     if (stick || this.lines <= 60) this.log.scrollTop = this.log.scrollHeight;
+    scrollToEnd();
   }
 
   complete(data, event) {
@@ -724,6 +754,7 @@ class DeploymentCard {
       this.outcome.append(el("span", { class: "outcome-icon", "aria-hidden": "true" }), body);
     }
     this.tick();
+    scrollToEnd();
   }
 
   async abort() {
@@ -770,9 +801,16 @@ function renderAlert(data, event) {
   node.dataset.status = status;
   node.className = `alert ${status}`;
   const kind = String(data.kind ?? "alert").replace(/_/g, " ");
-  const title = el("div", { class: "alert-title" }, el("strong", { text: data.service ?? "Service" }), el("span", { text: status === "resolved" ? ` · ${kind} · resolved` : ` · ${kind}` }));
+  const detail = [kind, data.count > 1 ? `${data.count} times` : null, data.muted ? "muted" : null, status === "resolved" ? "resolved" : null].filter(Boolean);
+  const title = el("div", { class: "alert-title" }, el("strong", { text: data.service ?? "Service" }), el("span", { text: ` · ${detail.join(" · ")}` }));
   const text = el("div", { class: "alert-text markdown" });
-  text.append(renderMarkdown(data.text ?? ""));
+  text.append(renderMarkdown(data.summary ?? data.text ?? ""));
+  const body = el("div", { class: "alert-body" }, title, text);
+  if (Array.isArray(data.key_lines) && data.key_lines.length && status !== "resolved") {
+    const lines = el("div", { class: "log alert-lines" });
+    for (const line of data.key_lines.slice(-12)) lines.append(el("div", { class: "log-line", text: cleanLine(line) }));
+    body.append(lines);
+  }
   const actions = el("div", { class: "alert-actions" });
   const message = el("span", { class: "alert-message" });
   if (status !== "resolved" && data.service) {
@@ -780,13 +818,13 @@ function renderAlert(data, event) {
     button.addEventListener("click", async () => {
       button.disabled = true;
       button.textContent = "Rolling back…";
-      const body = {};
-      if (data.rollback_to) body.to = data.rollback_to;
-      if (app.sessionId) body.session_id = app.sessionId;
+      const request = {};
+      if (data.rollback_to) request.to = data.rollback_to;
+      if (app.sessionId) request.session_id = app.sessionId;
       try {
-        await api("POST", `/api/services/${encodeURIComponent(data.service)}/rollback`, body);
+        const answer = await api("POST", `/api/services/${encodeURIComponent(data.service)}/rollback`, request);
         button.textContent = "Rollback requested";
-        message.textContent = "Traffic moves once the revision answers.";
+        message.textContent = `Traffic moves to ${answer?.to ?? data.rollback_to ?? "the previous revision"} once it answers.`;
       } catch (error) {
         button.disabled = false;
         button.textContent = "Roll back";
@@ -795,10 +833,14 @@ function renderAlert(data, event) {
     });
     actions.append(button);
   }
-  const dismiss = el("button", { class: "icon-button dismiss", type: "button", "aria-label": "Dismiss", text: "×" });
-  dismiss.addEventListener("click", () => node.remove());
   actions.append(message);
-  node.replaceChildren(el("span", { class: "alert-icon", "aria-hidden": "true" }), el("div", { class: "alert-body" }, title, text, actions), dismiss);
+  body.append(actions);
+  const dismiss = el("button", { class: "icon-button dismiss", type: "button", "aria-label": "Dismiss", text: "×" });
+  dismiss.addEventListener("click", () => {
+    node.remove();
+    app.alerts.delete(id);
+  });
+  node.replaceChildren(el("span", { class: "alert-icon", "aria-hidden": "true" }), body, dismiss);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -851,7 +893,11 @@ $("composer").addEventListener("submit", (event) => {
   }
   const message = { type: "message", text, client_message_id: newId() };
   app.outbox.push(message);
-  const pending = el("article", { class: "message user pending", "data-testid": "message-pending", "data-role": "user" }, el("div", { class: "message-body" }, el("p", { text })));
+  const pending = el(
+    "article",
+    { class: "message user pending", "data-testid": "message-pending", "data-role": "user", "data-client-id": message.client_message_id },
+    el("div", { class: "message-body" }, el("p", { text })),
+  );
   append(pending);
   scrollToEnd(true);
   input.value = "";
@@ -864,6 +910,7 @@ function flushOutbox() {
   while (app.outbox.length) {
     const message = app.outbox.shift();
     app.ws.send(JSON.stringify(message));
+    app.unconfirmed.push(message);
   }
 }
 
@@ -889,8 +936,11 @@ function refreshDeploymentsSoon() {
 async function refreshDeployments() {
   if (!app.token) return;
   let list;
+  // What each service serves now: a live deployment whose revision no longer serves was replaced.
+  const services = api("GET", "/api/services").catch(() => []);
   try {
     list = await api("GET", "/api/deployments?limit=50");
+    app.serving = new Map((Array.isArray(await services) ? await services : []).map((svc) => [svc.name, svc.traffic?.serving ?? null]));
   } catch (error) {
     $("deployments-empty").textContent = error.message;
     $("deployments-empty").hidden = false;
@@ -904,12 +954,13 @@ async function refreshDeployments() {
     app.listed.set(d.id, d);
     const live = app.cards.get(d.id);
     const state = live?.ended || (live && RUNNING.has(d.state)) ? live.state : d.state;
+    const replaced = state === "live" && isReplaced(d);
     const button = el(
       "button",
-      { class: "deployment-item", type: "button", "data-testid": "deployment-item", "data-deployment-id": d.id, "data-state": state },
+      { class: `deployment-item${replaced ? " replaced" : ""}`, type: "button", "data-testid": "deployment-item", "data-deployment-id": d.id, "data-state": state },
       el("span", { class: "state-dot", "aria-hidden": "true" }),
       el("span", { class: "item-main" }, el("span", { class: "item-name", text: d.service ?? shortId(d.id) }), el("span", { class: "item-sub", text: sourceText(d.source) })),
-      el("span", { class: "item-side" }, el("span", { class: "item-state", text: STATE_LABELS[state] ?? state ?? "" }), el("span", { class: "item-time", text: timeAgo(d.created_at) })),
+      el("span", { class: "item-side" }, el("span", { class: "item-state", text: replaced ? "Replaced" : STATE_LABELS[state] ?? state ?? "" }), el("span", { class: "item-time", text: timeAgo(d.created_at) })),
     );
     button.addEventListener("click", () => {
       closeSidebar();
@@ -919,6 +970,12 @@ async function refreshDeployments() {
   }
   $("deployments-empty").textContent = "No deployments yet.";
   $("deployments-empty").hidden = items.length > 0;
+}
+
+/** A live deployment whose service now serves another revision. */
+function isReplaced(d) {
+  const serving = app.serving?.get(d.service);
+  return Boolean(serving && d.revision && serving !== d.revision);
 }
 
 function sourceText(source) {
@@ -969,7 +1026,11 @@ function openPanel(id, tab) {
   const fromCard = app.cards.get(id);
   $("panel-title").textContent = known?.service ?? fromCard?.service ?? `Deployment ${shortId(id)}`;
   setPanelMeta(known ?? { id, state: fromCard?.state });
-  if (!panel.open) panel.showModal();
+  if (!panel.open) {
+    panel.showModal();
+    // The dialog itself takes focus, not its first button.
+    panel.focus();
+  }
   selectTab(tab);
   api("GET", `/api/deployments/${encodeURIComponent(id)}`)
     .then((d) => {
@@ -982,7 +1043,8 @@ function openPanel(id, tab) {
 
 function setPanelMeta(d) {
   const state = d.state ?? "";
-  $("panel-rollback").hidden = state !== "live";
+  // Rolling back moves the service off what serves now: offered where that is this deployment.
+  $("panel-rollback").hidden = state !== "live" || isReplaced(d);
   const badge = $("panel-state");
   badge.textContent = STATE_LABELS[state] ?? state;
   badge.className = `badge state-${state}`;
@@ -1101,7 +1163,7 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 async function loadEnv() {
   const id = app.panel?.id;
   if (!id) return;
-  $("env-status").textContent = "Loading…";
+  if (!app.panel.keepStatus) $("env-status").textContent = "Loading…";
   $("env-rows").replaceChildren();
   let body;
   try {
@@ -1116,7 +1178,8 @@ async function loadEnv() {
   app.panel.added = [];
   app.panel.removed = new Set();
   renderEnv();
-  $("env-status").textContent = vars.length ? "" : "No variables set.";
+  if (!app.panel.keepStatus) $("env-status").textContent = vars.length ? "" : "No variables set.";
+  app.panel.keepStatus = false;
 }
 
 function renderEnv() {
@@ -1201,14 +1264,20 @@ $("env-form").addEventListener("submit", async (event) => {
     if (app.sessionId) change.session_id = app.sessionId;
     const answer = await api("POST", `/api/deployments/${encodeURIComponent(state.id)}/env`, change);
     const next = answer?.deployment_id ?? answer?.id ?? answer?.deployment?.id;
-    $("env-status").textContent = next ? `Saved. Deploying again (${shortId(next)}).` : "Saved. Deploying again.";
+    const saved = next ? `Saved. Deploying again as ${shortId(next)}.` : "Saved. Deploying again.";
     refreshDeploymentsSoon();
     // Secret values typed here are forgotten at once.
     for (const v of [...state.env, ...state.added]) delete v.pending;
     if (app.panel === state) {
-      const keep = $("env-status").textContent;
-      await loadEnv();
-      $("env-status").textContent = keep;
+      // The new deployment carries the values: the panel follows it.
+      if (next) {
+        openPanel(next, "env");
+        app.panel.keepStatus = true;
+      } else {
+        app.panel.keepStatus = true;
+        await loadEnv();
+      }
+      $("env-status").textContent = saved;
     }
   } catch (error) {
     $("env-status").textContent = error.message;

@@ -263,6 +263,17 @@ export function renderInline(text, parent) {
         continue;
       }
     }
+    if (c === "<") {
+      // An autolink: <https://example.com>.
+      const m = /^<(https?:\/\/[^\s<>]+)>/i.exec(text.slice(i));
+      const href = m && safeUrl(m[1]);
+      if (href) {
+        flush();
+        parent.append(externalLink(href, m[1]));
+        i += m[0].length;
+        continue;
+      }
+    }
     if ((c === "h" || c === "H") && (i === 0 || /[\s(]/.test(text[i - 1]))) {
       const m = URL_RE.exec(text.slice(i));
       if (m) {
@@ -319,7 +330,19 @@ function parseLink(text, i) {
     }
   }
   if (j >= text.length || text[j + 1] !== "(") return null;
-  const close = text.indexOf(")", j + 2);
+  // The URL may hold balanced parentheses (Wikipedia links do).
+  let close = -1;
+  let open = 0;
+  for (let k = j + 2; k < text.length; k += 1) {
+    if (text[k] === "(") open += 1;
+    else if (text[k] === ")") {
+      if (open === 0) {
+        close = k;
+        break;
+      }
+      open -= 1;
+    }
+  }
   if (close === -1) return null;
   const url = text.slice(j + 2, close).trim().split(/\s+/)[0];
   return { label: text.slice(i + 1, j), url, end: close + 1 };
