@@ -139,6 +139,33 @@ pub struct App {
     janitor: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
+/// The admin token saved on first start, if this data dir has one.
+fn read_admin_token(data_dir: &std::path::Path) -> Option<Token> {
+    let text = std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE)).ok()?;
+    Token::parse(&text).ok()
+}
+
+/// Opens the web UI in the user's browser when `devgem up` runs on a terminal (not under a test
+/// or a service manager). `DEVGEM_NO_BROWSER=1` turns it off.
+fn open_browser(link: &str) {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || std::env::var_os("DEVGEM_NO_BROWSER").is_some() {
+        return;
+    }
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    let opened = std::process::Command::new(opener)
+        .arg(link)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match opened {
+        // Reaped in the background: the opener exits once the browser has the link.
+        Ok(mut child) => drop(std::thread::spawn(move || child.wait())),
+        Err(_) => tracing::debug!("no browser opener ({opener}); open the Web UI link above"),
+    }
+}
+
 /// How often `devgem up` runs the janitor.
 const JANITOR_EVERY: Duration = Duration::from_secs(60);
 
@@ -319,6 +346,20 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send +
         _ => println!("Admin token: see {} or DEVGEM_TOKEN", options.data_dir.join(ADMIN_TOKEN_FILE).display()),
     }
     println!("Health: {url}/health   API: {url}/api   Stop: Ctrl-C");
+    // The token travels in the fragment, which a browser never sends to a server.
+    let token = new_admin_token.clone().or_else(|| read_admin_token(&options.data_dir));
+    match &token {
+        Some(token) => {
+            let link = format!("{url}/#token={}", token.expose());
+            if new_admin_token.is_some() {
+                println!("Web UI: {link}");
+            } else {
+                println!("Web UI: {url}/  (it asks for the token; see {})", ADMIN_TOKEN_FILE);
+            }
+            open_browser(&link);
+        }
+        None => println!("Web UI: {url}/"),
+    }
 
     let served = serve(listener, app.router.clone(), shutdown, SHUTDOWN_GRACE).await;
     app.stop().await;
