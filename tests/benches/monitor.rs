@@ -26,7 +26,8 @@ use tower::ServiceExt;
 const ENTRIES: usize = 60_000;
 
 fn entry(revision: &str, service: &str, i: usize) -> Value {
-    let resource = json!({"type": "cloud_run_revision", "labels": {"service_name": service, "revision_name": revision}});
+    let resource =
+        json!({"type": "cloud_run_revision", "labels": {"service_name": service, "revision_name": revision}});
     let labels = json!({ "devgem.dev/owner": "admin" });
     match i % 20 {
         // A request log every tenth line.
@@ -80,10 +81,16 @@ async fn seed(embedded: &Embedded, name: &str, revision: &str, session: &Session
     let deployment = Deployment::new(new, now);
     let mut service = Service::new(owner.clone(), deployment.service.clone());
     service
-        .add_revision(Revision { name: revision.into(), deployment_id: deployment.id.clone(), image: "img".into(), created_at: now })
+        .add_revision(Revision {
+            name: revision.into(),
+            deployment_id: deployment.id.clone(),
+            image: "img".into(),
+            created_at: now,
+        })
         .expect("revision");
     service.route_to(revision).expect("route");
-    let first = NewEvent { kind: SessionEventKind::AiThought, correlation_id: CorrelationId::generate(), data: json!({}) };
+    let first =
+        NewEvent { kind: SessionEventKind::AiThought, correlation_id: CorrelationId::generate(), data: json!({}) };
     let writes = vec![
         Write::Create {
             key: devgem_common::timeline::deployment_key(&deployment).expect("key"),
@@ -163,7 +170,11 @@ async fn main() {
             "textPayload": "thread 'main' panicked at src/main.rs:10:5:"});
         let mut watch = embedded.ports.store.watch(Scope::All, session.clone(), 1);
         let started = Instant::now();
-        let message = OutboundMessage { data: crash.to_string().into_bytes().into(), attributes: BTreeMap::new(), ordering_key: None };
+        let message = OutboundMessage {
+            data: crash.to_string().into_bytes().into(),
+            attributes: BTreeMap::new(),
+            ordering_key: None,
+        };
         devgem_common::ports::bus::Bus::publish(&embedded.bus, Topic::LogEntries, message).await.expect("publish");
         use futures_util::StreamExt;
         loop {
