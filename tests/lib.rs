@@ -133,3 +133,14 @@ pub async fn served_repo(base: Option<&Path>, delay: Duration) -> Served {
     let addr = serve_git(root, delay).await;
     Served { _dir: dir, addr, first_commit }
 }
+
+/// The embedded adapters on `dir` as the benchmarks use them: local paths allowed, a 5 s startup
+/// timeout, the secrets key inside `dir`.
+pub fn bench_embedded(dir: &Path) -> devgem_cli::embedded::Embedded {
+    let options = devgem_cli::embedded::EmbeddedOptions {
+        policy: devgem_infra::source::SourcePolicy { allow_local_paths: true, allow_hosts: Vec::new() },
+        startup_timeout: Duration::from_secs(5),
+        secrets_key: dir.join("secrets.key"),
+    };
+    devgem_cli::embedded::Embedded::open_with(&dir.join("data"), options).expect("embedded adapters")
+}

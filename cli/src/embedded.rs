@@ -40,6 +40,8 @@ pub struct Embedded {
     pub work_dir: PathBuf,
     /// The chat's LLM (`DEVGEM_BRAIN`); `None`: the offline rules answer everything.
     pub brain: Option<Arc<dyn devgem_common::ports::brain::Brain>>,
+    /// The monitor's thresholds (`DEVGEM_MONITOR_*`).
+    pub monitor: devgem_monitor::MonitorSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,8 @@ pub enum OpenError {
     Blobs(#[from] devgem_common::ports::blobs::BlobError),
     #[error("the chat's LLM is misconfigured: {0}")]
     Brain(#[from] devgem_infra::brain::BrainConfigError),
+    #[error(transparent)]
+    Monitor(#[from] devgem_monitor::SettingsError),
     #[error("cannot start the local builder: {0}")]
     Builder(#[from] devgem_infra::local::builder::BuildError),
     #[error("cannot start the local runtime: {0}")]
@@ -86,6 +90,12 @@ impl Embedded {
         if let Some(brain) = &self.brain {
             tracing::info!(?brain, "the chat answers with an LLM where its rules do not");
         }
+        Ok(self)
+    }
+
+    /// Sets the monitor's thresholds from `DEVGEM_MONITOR_*` (see `devgem_monitor::MonitorSettings`).
+    pub fn with_monitor_from_env(mut self) -> Result<Self, OpenError> {
+        self.monitor = devgem_monitor::MonitorSettings::from_env(|name| std::env::var(name).ok())?;
         Ok(self)
     }
 
@@ -129,6 +139,7 @@ impl Embedded {
             runtime,
             work_dir,
             brain: None,
+            monitor: Default::default(),
         })
     }
 }

@@ -69,9 +69,7 @@ impl Function {
                 let runtime = Arc::new(embedded.runtime.clone());
                 devgem_deploy::router(devgem_deploy::AppState { ports, runtime, cancels: Default::default() })
             }
-            Function::Monitor => {
-                devgem_monitor::router(devgem_monitor::AppState::new(ports, devgem_monitor::MonitorSettings::default()))
-            }
+            Function::Monitor => devgem_monitor::router(devgem_monitor::AppState::new(ports, embedded.monitor.clone())),
             Function::Relay => devgem_relay::router(devgem_relay::AppState::new(
                 ports,
                 embedded.identity.clone(),

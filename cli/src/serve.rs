@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 pub async fn run(function: Function, data_dir: &Path, port: u16, once: bool) -> anyhow::Result<()> {
-    let embedded = Embedded::open(data_dir, false)?.with_brain_from_env().await?;
+    let embedded = Embedded::open(data_dir, false)?.with_brain_from_env().await?.with_monitor_from_env()?;
     if once {
         // The Cloud Run job form: one pass, its report on stdout, then exit.
         if function != Function::Janitor {

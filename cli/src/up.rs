@@ -318,7 +318,10 @@ impl App {
 /// Runs `devgem up` until `shutdown` resolves.
 pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&options.data_dir)?;
-    let embedded = Embedded::open(&options.data_dir, options.host.is_loopback())?.with_brain_from_env().await?;
+    let embedded = Embedded::open(&options.data_dir, options.host.is_loopback())?
+        .with_brain_from_env()
+        .await?
+        .with_monitor_from_env()?;
     let new_admin_token = embedded.identity.ensure_admin(options.preset_token.clone()).await?;
     if let Some(token) = &new_admin_token {
         write_private(&options.data_dir.join(ADMIN_TOKEN_FILE), token.expose().as_bytes())

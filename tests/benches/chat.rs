@@ -6,13 +6,12 @@
 //! `cargo bench -p devgem-e2e --bench chat`
 
 use axum::body::Body;
-use devgem_cli::embedded::{Embedded, EmbeddedOptions};
 use devgem_cli::functions::Function;
 use devgem_common::deployments::{StartRequest, start};
 use devgem_common::envelope::{DeliveryForm, PubsubMessage, PushRequest};
 use devgem_common::events::{ChatTurn, EventContext, to_message};
 use devgem_common::ids::{CorrelationId, SessionId};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tower::ServiceExt;
 
 const WARMUP: usize = 20;
@@ -26,12 +25,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = EmbeddedOptions {
-        policy: devgem_infra::source::SourcePolicy { allow_local_paths: true, allow_hosts: Vec::new() },
-        startup_timeout: Duration::from_secs(5),
-        secrets_key: dir.path().join("secrets.key"),
-    };
-    let embedded = Embedded::open_with(&dir.path().join("data"), options).expect("embedded");
+    let embedded = devgem_e2e::bench_embedded(dir.path());
     embedded.identity.ensure_admin(None).await.expect("admin");
     let owner = devgem_common::ids::UserId::admin();
     let session = SessionId::generate();

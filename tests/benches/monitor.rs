@@ -9,7 +9,7 @@
 //! `cargo bench -p devgem-e2e --bench monitor`
 
 use axum::body::Body;
-use devgem_cli::embedded::{Embedded, EmbeddedOptions};
+use devgem_cli::embedded::Embedded;
 use devgem_common::envelope::{DeliveryForm, PubsubMessage, PushRequest};
 use devgem_common::events::Topic;
 use devgem_common::ids::{CorrelationId, DeploymentId, ServiceName, SessionId, UserId};
@@ -110,12 +110,7 @@ async fn seed(embedded: &Embedded, name: &str, revision: &str, session: &Session
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = EmbeddedOptions {
-        policy: devgem_infra::source::SourcePolicy { allow_local_paths: true, allow_hosts: Vec::new() },
-        startup_timeout: Duration::from_secs(5),
-        secrets_key: dir.path().join("secrets.key"),
-    };
-    let embedded = Embedded::open_with(&dir.path().join("data"), options).expect("embedded");
+    let embedded = devgem_e2e::bench_embedded(dir.path());
     embedded.identity.ensure_admin(None).await.expect("admin");
     let session = SessionId::generate();
     seed(&embedded, "shop", "shop-0001", &session).await;

@@ -8,7 +8,6 @@
 //!
 //! `cargo bench -p devgem-e2e --bench relay`
 
-use devgem_cli::embedded::{Embedded, EmbeddedOptions};
 use devgem_common::ids::{CorrelationId, SessionId, UserId};
 use devgem_common::ports::store::{NewEvent, SessionEventKind, Write};
 use futures_util::{SinkExt, StreamExt};
@@ -42,12 +41,7 @@ fn stamp(text: &str) -> Option<u64> {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = EmbeddedOptions {
-        policy: devgem_infra::source::SourcePolicy { allow_local_paths: true, allow_hosts: Vec::new() },
-        startup_timeout: Duration::from_secs(5),
-        secrets_key: dir.path().join("secrets.key"),
-    };
-    let embedded = Embedded::open_with(&dir.path().join("data"), options).expect("embedded");
+    let embedded = devgem_e2e::bench_embedded(dir.path());
     let token = embedded.identity.ensure_admin(None).await.expect("admin").expect("a new admin token");
     let state = devgem_relay::AppState::new(embedded.ports.clone(), embedded.identity.clone(), Default::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

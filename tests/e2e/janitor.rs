@@ -169,7 +169,8 @@ fn serve_janitor_once_runs_one_sweep_and_prints_its_report() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
     assert_eq!(
         report,
-        json!({ "nudged": [], "failed": [], "pruned_revisions": [], "pruned_builds": [], "pruned_ledger_entries": 0, "pruned_dead_letters": 0 })
+        json!({ "nudged": [], "failed": [], "pruned_revisions": [], "pruned_builds": [], "pruned_ledger_entries": 0, "pruned_dead_letters": 0,
+               "resolved_incidents": 0 })
     );
     let out = std::process::Command::new(crate::support::devgem_bin())
         .arg("--data-dir")

@@ -72,7 +72,8 @@ async fn refused(socket: &mut Socket) -> (Value, Option<u16>) {
     }
 }
 
-async fn append(app: &TestApp, session: &SessionId, owner: &str, first: u64, count: u64) {
+/// `ai_thought` events numbered `first..first + count`, as one append.
+fn thoughts(session: &SessionId, owner: &str, first: u64, count: u64) -> Write {
     let events = (first..first + count)
         .map(|n| NewEvent {
             kind: SessionEventKind::AiThought,
@@ -80,13 +81,11 @@ async fn append(app: &TestApp, session: &SessionId, owner: &str, first: u64, cou
             data: json!({ "text": format!("event {n}") }),
         })
         .collect();
-    let owner = UserId::parse(owner).expect("user id");
-    app.embedded
-        .ports
-        .store
-        .commit(vec![Write::Append { session: session.clone(), owner, events }])
-        .await
-        .expect("append");
+    Write::Append { session: session.clone(), owner: UserId::parse(owner).expect("user id"), events }
+}
+
+async fn append(app: &TestApp, session: &SessionId, owner: &str, first: u64, count: u64) {
+    app.embedded.ports.store.commit(vec![thoughts(session, owner, first, count)]).await.expect("append");
 }
 
 /// A second relay on its own port, on the same adapters: another instance of the function.
@@ -112,19 +111,7 @@ async fn a_thousand_reconnects_during_a_stream_lose_and_repeat_nothing() {
             let mut next = 2;
             while next <= TOTAL {
                 let count = (TOTAL + 1 - next).min(1 + next % 7);
-                let events = (next..next + count)
-                    .map(|n| NewEvent {
-                        kind: SessionEventKind::AiThought,
-                        correlation_id: CorrelationId::generate(),
-                        data: json!({ "text": format!("event {n}") }),
-                    })
-                    .collect();
-                let owner = UserId::parse("admin").expect("user");
-                app_ports
-                    .store
-                    .commit(vec![Write::Append { session: session.clone(), owner, events }])
-                    .await
-                    .expect("append");
+                app_ports.store.commit(vec![thoughts(&session, "admin", next, count)]).await.expect("append");
                 next += count;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }

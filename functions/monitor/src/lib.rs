@@ -78,7 +78,55 @@ impl Default for MonitorSettings {
     }
 }
 
+/// A monitor setting that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value:?} is not valid: {why}")]
+pub struct SettingsError {
+    pub name: &'static str,
+    pub value: String,
+    pub why: &'static str,
+}
+
 impl MonitorSettings {
+    /// The defaults, with any of these set by `lookup` (the environment):
+    /// `DEVGEM_MONITOR_CRASH_LOOP`, `DEVGEM_MONITOR_EXCEPTION`, `DEVGEM_MONITOR_MEMORY` and
+    /// `DEVGEM_MONITOR_ERROR_RATE` as `COUNT/SECONDS` (`10/60`: 10 signals within 60 s), and
+    /// `DEVGEM_MONITOR_UPDATE_SECS`.
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let mut settings = Self::default();
+        let thresholds: [(&'static str, &mut Threshold); 4] = [
+            ("DEVGEM_MONITOR_CRASH_LOOP", &mut settings.crash_loop),
+            ("DEVGEM_MONITOR_EXCEPTION", &mut settings.exception),
+            ("DEVGEM_MONITOR_MEMORY", &mut settings.memory),
+            ("DEVGEM_MONITOR_ERROR_RATE", &mut settings.error_rate),
+        ];
+        for (name, threshold) in thresholds {
+            let Some(value) = lookup(name) else { continue };
+            let invalid = || SettingsError {
+                name,
+                value: value.clone(),
+                why: "write COUNT/SECONDS with both above 0, like 10/60",
+            };
+            let (count, seconds) = value.trim().split_once('/').ok_or_else(invalid)?;
+            let count: usize = count.trim().parse().map_err(|_| invalid())?;
+            let seconds: u64 = seconds.trim().parse().map_err(|_| invalid())?;
+            if count == 0 || seconds == 0 {
+                return Err(invalid());
+            }
+            *threshold = Threshold { count, window: Duration::from_secs(seconds) };
+        }
+        if let Some(value) = lookup("DEVGEM_MONITOR_UPDATE_SECS") {
+            let name = "DEVGEM_MONITOR_UPDATE_SECS";
+            let seconds: u64 = value.trim().parse().map_err(|_| SettingsError {
+                name,
+                value: value.clone(),
+                why: "write a number of seconds, like 10",
+            })?;
+            settings.update_every = Duration::from_secs(seconds);
+        }
+        Ok(settings)
+    }
+
     pub fn threshold(&self, kind: AlertKind) -> Threshold {
         match kind {
             AlertKind::CrashLoop => self.crash_loop,

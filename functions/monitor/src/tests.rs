@@ -303,6 +303,29 @@ async fn ordinary_lines_and_foreign_resources_cost_nothing() {
     assert_eq!(incidents, 0);
 }
 
+#[test]
+fn thresholds_come_from_the_environment_and_bad_ones_say_how_to_write_them() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    };
+    let settings =
+        MonitorSettings::from_env(env(&[("DEVGEM_MONITOR_ERROR_RATE", "25/30"), ("DEVGEM_MONITOR_UPDATE_SECS", "5")]))
+            .expect("valid settings");
+    assert_eq!(settings.error_rate, Threshold { count: 25, window: Duration::from_secs(30) });
+    assert_eq!(settings.update_every, Duration::from_secs(5));
+    assert_eq!(settings.crash_loop, MonitorSettings::default().crash_loop, "the rest keep their defaults");
+    for bad in ["25", "0/60", "ten/60", "10/0"] {
+        let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([("DEVGEM_MONITOR_CRASH_LOOP", bad)]));
+        let error = MonitorSettings::from_env(env(pairs)).expect_err(bad);
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "DEVGEM_MONITOR_CRASH_LOOP={bad:?} is not valid: write COUNT/SECONDS with both above 0, like 10/60"
+            )
+        );
+    }
+}
+
 async fn store_count(store: &dyn Store) -> usize {
     let query = devgem_common::ports::store::Query::collection("incidents").limit(100);
     store.query(&Scope::All, &query).await.expect("query").len()
