@@ -57,6 +57,9 @@ pub struct Incident {
     pub muted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_target: Option<String>,
+    /// When the rollback target was deployed, read with it when the alert opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_target_created_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
 }
@@ -80,6 +83,7 @@ impl Incident {
             announced: false,
             muted: false,
             rollback_target: None,
+            rollback_target_created_at: None,
             summary: None,
         }
     }

@@ -298,13 +298,13 @@ pub async fn on_rollback(
         Err(e) => return Err(HandlerError::Poison(e.to_string())),
     };
     let mut message = format!("Rolled {} back to {target}", rollback.service);
+    let url = state.runtime.service_url(&rollback.owner, &rollback.service).await.ok();
     if previous.as_deref() != Some(target.as_str()) {
         state
             .runtime
             .route_traffic(&rollback.owner, &rollback.service, &target)
             .await
             .map_err(|e| HandlerError::Transient(format!("moving traffic to {target}: {e}")))?;
-        let url = state.runtime.service_url(&rollback.owner, &rollback.service).await.ok();
         let answers = match &url {
             Some(url) => state.runtime.verify(url).await,
             None => Ok(()),
@@ -325,7 +325,7 @@ pub async fn on_rollback(
         Err(e) => return Err(e.into()),
     }
     resolve_incidents(state, &rollback.owner, previous.as_deref(), &target).await;
-    if let Ok(url) = state.runtime.service_url(&rollback.owner, &rollback.service).await {
+    if let Some(url) = url {
         message = format!("{message}; it answers at {url}");
     }
     append_message(state, &rollback, message).await

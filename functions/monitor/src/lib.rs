@@ -241,12 +241,13 @@ async fn identify(state: &AppState, entry: &LogEntry) -> Result<Option<(UserId, 
 /// Handles one LogEntry: nothing for most lines; a signal counts towards its incident.
 pub async fn on_log_entry(state: &AppState, entry: LogEntry) -> Result<(), HandlerError> {
     let Some(revision) = entry.revision_name().map(str::to_owned) else { return Ok(()) };
+    let signal = detect::classify(&entry);
     if detect::is_error_line(&entry)
-        && let Some(line) = entry.message().map(str::to_owned).or_else(|| detect::classify(&entry).map(|s| s.line))
+        && let Some(line) = entry.message().or_else(|| signal.as_ref().map(|s| s.line.as_str()))
     {
-        state.memory.remember_line(&revision, &line);
+        state.memory.remember_line(&revision, line);
     }
-    let Some(signal) = detect::classify(&entry) else { return Ok(()) };
+    let Some(signal) = signal else { return Ok(()) };
     let Some((owner, service)) = identify(state, &entry).await? else { return Ok(()) };
     let id = Incident::doc_id(&owner, &revision, signal.kind);
     if state.memory.absorb(&id, state.settings.update_every) {
@@ -325,6 +326,8 @@ async fn open(state: &AppState, incident: &mut Incident, id: &str, lines: Vec<St
             Some(serving) if serving == incident.revision => service.traffic.rollback_target.clone(),
             _ => None,
         };
+        incident.rollback_target_created_at =
+            incident.rollback_target.as_deref().and_then(|target| service.revision(target)).map(|r| r.created_at);
         if let Some(revision) = service.revision(&incident.revision)
             && let Some((deployment, _)) = devgem_common::timeline::load(store, &revision.deployment_id).await?
         {
@@ -345,14 +348,6 @@ async fn announce(
 ) -> Result<(), HandlerError> {
     let Some(alert_id) = incident.alert_id.clone() else { return Ok(()) };
     let store = state.ports.store.as_ref();
-    let target_created_at = match &incident.rollback_target {
-        Some(target) => {
-            let service_key = DocKey::new("services", Service::doc_id(&incident.owner, &incident.service))?;
-            let service = store.get_typed::<Service>(&Scope::All, &service_key).await?;
-            service.and_then(|(s, _)| s.revision(target).map(|r| r.created_at))
-        }
-        None => None,
-    };
     let alert = MonitorAlert {
         alert_id,
         owner: incident.owner.clone(),
@@ -364,7 +359,7 @@ async fn announce(
         since: incident.since.unwrap_or_else(|| state.ports.clock.now()),
         key_lines: incident.key_lines.clone(),
         rollback_target: incident.rollback_target.clone(),
-        rollback_target_created_at: target_created_at,
+        rollback_target_created_at: incident.rollback_target_created_at,
         likely_cause: detect::likely_cause(incident.kind, &incident.key_lines),
         count: incident.count,
         session_id: incident.session_id.clone(),
