@@ -15,6 +15,12 @@ step "tools"
 PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin"
 export PATH
 
+step "GCP deployment: terraform fmt and structure, cloudbuild.yaml, DevGem's Dockerfile"
+# Cross-checks terraform/ and cloudbuild.yaml against the Rust code (functions, up.rs
+# subscriptions, topics), then injects defects into copies to prove each check still bites.
+python3 scripts/check-terraform.py
+hadolint Dockerfile
+
 step "format"
 cargo fmt --all -- --check
 

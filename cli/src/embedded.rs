@@ -60,6 +60,10 @@ pub enum OpenError {
     Monitor(#[from] devgem_monitor::SettingsError),
     #[error("cannot start the local builder: {0}")]
     Builder(#[from] devgem_infra::local::builder::BuildError),
+    #[error("the GCP data plane is misconfigured: {0}")]
+    Gcp(#[from] devgem_infra::gcp::config::ConfigError),
+    #[error("{name}={value:?} is not an adapter DevGem knows; use {expected}")]
+    Adapter { name: &'static str, value: String, expected: &'static str },
     #[error("cannot start the local runtime: {0}")]
     Runtime(#[from] devgem_common::ports::runtime::RuntimeError),
 }
@@ -90,6 +94,50 @@ impl Embedded {
         if let Some(brain) = &self.brain {
             tracing::info!(?brain, "the chat answers with an LLM where its rules do not");
         }
+        Ok(self)
+    }
+
+    /// Puts the Store and Blobs on GCP when the environment says so: `DEVGEM_STORE=firestore`
+    /// (default `sqlite`) and `DEVGEM_BLOBS=gcs` (default `files`), with the names of
+    /// [`devgem_infra::gcp::GcpConfig`]. The bus, builder and runtime stay as they are.
+    pub async fn with_data_plane_from_env(self) -> Result<Self, OpenError> {
+        self.with_data_plane(|name| std::env::var(name).ok()).await
+    }
+
+    pub async fn with_data_plane(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Self, OpenError> {
+        let choice = |name: &'static str, default: &'static str, options: [&'static str; 2], expected| {
+            let value = get(name).map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty());
+            let value = value.unwrap_or_else(|| default.to_owned());
+            if options.contains(&value.as_str()) {
+                Ok(value)
+            } else {
+                Err(OpenError::Adapter { name, value, expected })
+            }
+        };
+        let store = choice("DEVGEM_STORE", "sqlite", ["sqlite", "firestore"], "sqlite or firestore")?;
+        let blobs = choice("DEVGEM_BLOBS", "files", ["files", "gcs"], "files or gcs")?;
+        if store == "sqlite" && blobs == "files" {
+            return Ok(self);
+        }
+        let config = devgem_infra::gcp::GcpConfig::from_env(&get)?;
+        if blobs == "gcs" {
+            let gcs = devgem_infra::gcp::storage::GcsBlobs::connect(&config).await?;
+            self.ports.blobs = Arc::new(gcs);
+            self.builder = LocalBuilder::new(
+                self.builder.executor().clone(),
+                self.ports.bus.clone(),
+                self.ports.blobs.clone(),
+                self.source.clone(),
+                self.ports.clock.clone(),
+            );
+        }
+        if store == "firestore" {
+            let firestore =
+                devgem_infra::gcp::firestore::FirestoreStore::connect(&config, self.ports.blobs.clone()).await?;
+            self.ports.store = Arc::new(firestore);
+            self.identity = Identity::new(self.ports.store.clone(), self.ports.clock.clone());
+        }
+        tracing::info!(%store, %blobs, project = %config.project, "the data plane is on GCP");
         Ok(self)
     }
 

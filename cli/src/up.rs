@@ -319,6 +319,8 @@ impl App {
 pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&options.data_dir)?;
     let embedded = Embedded::open(&options.data_dir, options.host.is_loopback())?
+        .with_data_plane_from_env()
+        .await?
         .with_brain_from_env()
         .await?
         .with_monitor_from_env()?;

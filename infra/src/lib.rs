@@ -9,7 +9,9 @@
 //!   arrives with its issue.
 
 pub mod brain;
+pub mod gcp;
 pub mod local;
+pub mod resilience;
 pub mod source;
 #[cfg(test)]
 mod test_support;

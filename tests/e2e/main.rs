@@ -10,6 +10,7 @@ mod builder;
 mod cdp;
 mod chat;
 mod cli_tools;
+mod gcp;
 mod identity;
 mod janitor;
 mod monitor;
