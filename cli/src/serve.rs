@@ -23,7 +23,8 @@ pub async fn run(function: Function, data_dir: &Path, port: u16, once: bool) -> 
         .with_data_plane_from_env()
         .await?
         .with_brain_from_env()
-        .await?.with_monitor_from_env()?;
+        .await?
+        .with_monitor_from_env()?;
     if once {
         // The Cloud Run job form: one pass, its report on stdout, then exit.
         if function != Function::Janitor {

@@ -78,7 +78,7 @@ async fn create_via_server(url: &str, admin: &Token, id: &UserId, name: Option<&
 
 async fn create_in_process(data_dir: &Path, id: &UserId, name: Option<&str>) -> anyhow::Result<Token> {
     let _lock = lock_data_dir(data_dir)?;
-    let embedded = Embedded::open(data_dir, true)?;
+    let embedded = Embedded::open(data_dir, true)?.with_data_plane_from_env().await?;
     match embedded.identity.create_user(id, name.unwrap_or(id.as_str()), false, None).await {
         Ok((_, token)) => Ok(token),
         Err(IdentityError::UserExists(_)) => Ok(embedded.identity.issue_token(id).await?),
