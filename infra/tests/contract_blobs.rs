@@ -58,6 +58,7 @@ async fn suite(blobs: &dyn Blobs) {
     replace_is_atomic_for_readers(blobs).await;
     a_failed_put_keeps_the_old_blob(blobs).await;
     list_matches_prefixes_segment_wise_or_not(blobs).await;
+    list_returns_more_than_a_page(blobs).await;
     delete_says_whether_there_was_a_blob(blobs).await;
     missing_blobs_are_not_found(blobs).await;
     keys_cannot_reach_other_objects(blobs).await;
@@ -144,7 +145,9 @@ async fn replace_is_atomic_for_readers(blobs: &dyn Blobs) {
 }
 
 async fn a_failed_put_keeps_the_old_blob(blobs: &dyn Blobs) {
-    for (name, good_bytes) in [("small", 1000), ("large", REPLAYABLE_LIMIT + 2 * MIB)] {
+    // Small: fails while the adapter reads ahead. Large: once the upload has begun. Huge: after
+    // a first 8 MiB chunk of a resumable upload has reached Cloud Storage.
+    for (name, good_bytes) in [("small", 1000), ("large", REPLAYABLE_LIMIT + 2 * MIB), ("huge", 12 * MIB)] {
         let k = key(&format!("failed/{name}"));
         blobs.put_bytes(&k, Bytes::from_static(b"old")).await.expect("put old");
         let failing: ByteStream = Box::pin(
@@ -155,7 +158,10 @@ async fn a_failed_put_keeps_the_old_blob(blobs: &dyn Blobs) {
         assert!(error.to_string().contains("the client went away"), "the body's own error comes back: {error}");
         assert_eq!(blobs.get_bytes(&k).await.expect("old blob").as_ref(), b"old", "{name}: the old blob is intact");
     }
-    assert_eq!(keys_under(blobs, "failed/").await, [("failed/large".to_owned(), 3), ("failed/small".to_owned(), 3)]);
+    assert_eq!(
+        keys_under(blobs, "failed/").await,
+        [("failed/huge".to_owned(), 3), ("failed/large".to_owned(), 3), ("failed/small".to_owned(), 3)]
+    );
 }
 
 async fn list_matches_prefixes_segment_wise_or_not(blobs: &dyn Blobs) {
@@ -186,6 +192,23 @@ async fn list_matches_prefixes_segment_wise_or_not(blobs: &dyn Blobs) {
     let everything = keys_under(blobs, "").await;
     assert!(everything.windows(2).all(|w| w[0].0 < w[1].0), "the whole listing is sorted");
     assert!(everything.iter().any(|(k, _)| k == "lst/ab") && everything.iter().any(|(k, _)| k == "rt/binary.bin"));
+}
+
+/// More blobs than one page of a Cloud Storage listing (1,000), in an order that is not theirs.
+async fn list_returns_more_than_a_page(blobs: &dyn Blobs) {
+    const COUNT: usize = 1050;
+    let names: Vec<String> = (0..COUNT).map(|i| format!("many/{:04}", (i * 7919) % COUNT)).collect();
+    futures_util::stream::iter(&names)
+        .for_each_concurrent(16, |name| async move {
+            blobs.put_bytes(&key(name), Bytes::from_static(b"m")).await.expect("put");
+        })
+        .await;
+    let listed = keys_under(blobs, "many/").await;
+    assert_eq!(listed.len(), COUNT, "every page was read");
+    let mut expected = names.clone();
+    expected.sort();
+    assert!(listed.iter().map(|(k, _)| k).eq(expected.iter()), "sorted, each once");
+    assert_eq!(keys_under(blobs, "many/10").await.len(), 50, "a prefix across the page boundary");
 }
 
 async fn delete_says_whether_there_was_a_blob(blobs: &dyn Blobs) {

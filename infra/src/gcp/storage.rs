@@ -212,6 +212,7 @@ impl GcsBlobs {
             head: head.into(),
             rest: Mutex::new(rest),
             failure: Arc::clone(&body_failure),
+            failed: None,
         };
         let source = Mutex::new(Some(source));
         let result = self
@@ -404,6 +405,9 @@ struct BodySource {
     buffered: u64,
     /// The body's own error, handed back to the caller of `put` instead of the client's wrapper.
     failure: Arc<Mutex<Option<BlobError>>>,
+    /// Set once the body failed: every later read fails too, so that nothing (a retry inside the
+    /// client, say) can take the end of a failed stream for the end of the blob and finalise it.
+    failed: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -414,6 +418,9 @@ impl StreamingSource for BodySource {
     type Error = BodyError;
 
     async fn next(&mut self) -> Option<Result<Bytes, Self::Error>> {
+        if let Some(message) = &self.failed {
+            return Some(Err(BodyError(message.clone())));
+        }
         if let Some(chunk) = self.head.pop_front() {
             return Some(Ok(chunk));
         }
@@ -422,6 +429,7 @@ impl StreamingSource for BodySource {
             Ok(chunk) => Some(Ok(chunk)),
             Err(error) => {
                 let message = error.to_string();
+                self.failed = Some(message.clone());
                 *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
                 Some(Err(BodyError(message)))
             }

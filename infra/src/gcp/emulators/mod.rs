@@ -70,9 +70,12 @@ impl ChildGuard {
             std::env::temp_dir().join(format!("devgem-{emulator}-emulator-{}.log", uuid::Uuid::new_v4().simple()));
         let log_file = std::fs::File::create(&log)?;
         command.stdin(Stdio::piped()).stdout(log_file.try_clone()?).stderr(log_file);
-        let mut child = command.spawn().map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => EmulatorError::ToolMissing { emulator, tool: program.clone() },
-            _ => EmulatorError::Spawn { emulator, program: program.clone(), source },
+        let mut child = command.spawn().map_err(|source| {
+            let _ = std::fs::remove_file(&log);
+            match source.kind() {
+                std::io::ErrorKind::NotFound => EmulatorError::ToolMissing { emulator, tool: program.clone() },
+                _ => EmulatorError::Spawn { emulator, program: program.clone(), source },
+            }
         })?;
         let stdin = child.stdin.take();
         Ok(Self { emulator, child, _stdin: stdin, log })
