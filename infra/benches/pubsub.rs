@@ -16,7 +16,9 @@
 //! - Latency: one task publishes sequentially, each publish awaited (for `PubSubBus` that means
 //!   accepted by the server: every lone publish waits out the batching delay).
 //! - Throughput: P publisher tasks publish M messages as fast as they can; measured until every
-//!   publish returned and until the endpoint received all M.
+//!   publish returned and until the endpoint received all M. Once more for `PubSubBus` with no
+//!   subscription on the topic: on 2 cores the stand-in's deliveries (an embedded bus and an HTTP
+//!   hop per message) compete with the publish path, and this shows the publish path alone.
 
 use axum::Router;
 use axum::extract::State;
@@ -130,6 +132,10 @@ fn message(index: usize) -> OutboundMessage {
 enum Adapter {
     Local,
     PubSub,
+    /// `PubSubBus` on a stand-in topic without a subscription: the publish path alone (client,
+    /// gRPC, the stand-in storing the message), without the delivery work competing for the
+    /// same 2 cores.
+    PubSubNoDelivery,
 }
 
 impl Adapter {
@@ -137,7 +143,12 @@ impl Adapter {
         match self {
             Adapter::Local => "LocalBus",
             Adapter::PubSub => "PubSubBus",
+            Adapter::PubSubNoDelivery => "PubSubBus, no subscription",
         }
+    }
+
+    fn delivers(self) -> bool {
+        self != Adapter::PubSubNoDelivery
     }
 }
 
@@ -161,7 +172,7 @@ async fn setup(adapter: Adapter, messages: usize) -> Setup {
             bus.subscribe(SubscriptionConfig::new("bench", TOPIC, "/push"), router).await.expect("subscribe");
             Setup { bus: Box::new(bus.clone()), shared, local: Some(bus), stand_in: None, endpoint: None, _dir: dir }
         }
-        Adapter::PubSub => {
+        Adapter::PubSub | Adapter::PubSubNoDelivery => {
             let stand_in = PubSubStandIn::start("bench").await.expect("stand-in");
             let config = GcpConfig {
                 project: "bench".to_owned(),
@@ -175,7 +186,12 @@ async fn setup(adapter: Adapter, messages: usize) -> Setup {
             let endpoint = tokio::spawn(async move {
                 let _ = axum::serve(listener, router).await;
             });
-            stand_in.add_push_subscription(PushSubscription::new("bench", &topic, &url)).await.expect("subscription");
+            if adapter.delivers() {
+                stand_in
+                    .add_push_subscription(PushSubscription::new("bench", &topic, &url))
+                    .await
+                    .expect("subscription");
+            }
             Setup {
                 bus: Box::new(bus),
                 shared,
@@ -270,9 +286,10 @@ struct ThroughputResult {
     publishers: usize,
     messages: usize,
     published: Duration,
-    received: Duration,
+    /// `None` when nothing is delivered.
+    received: Option<Duration>,
     publish_call: Percentiles,
-    end_to_end: Percentiles,
+    end_to_end: Option<Percentiles>,
     duplicates: usize,
 }
 
@@ -299,9 +316,13 @@ async fn bench_throughput(adapter: Adapter, publishers: usize, m: usize) -> Thro
         calls.extend(done.expect("publisher task"));
     }
     let published = started.elapsed();
-    setup.shared.wait_received(m).await;
-    let received = started.elapsed();
-    let end_to_end = (0..m).map(|i| setup.shared.latency(i)).collect();
+    let (received, end_to_end) = if adapter.delivers() {
+        setup.shared.wait_received(m).await;
+        let received = started.elapsed();
+        (Some(received), Some(percentiles((0..m).map(|i| setup.shared.latency(i)).collect())))
+    } else {
+        (None, None)
+    };
     let result = ThroughputResult {
         adapter,
         publishers,
@@ -309,7 +330,7 @@ async fn bench_throughput(adapter: Adapter, publishers: usize, m: usize) -> Thro
         published,
         received,
         publish_call: percentiles(calls),
-        end_to_end: percentiles(end_to_end),
+        end_to_end,
         duplicates: setup.shared.duplicates.load(Ordering::SeqCst),
     };
     if let Ok(setup) = Arc::try_unwrap(setup) {
@@ -356,19 +377,22 @@ fn main() {
                 throughput.push(bench_throughput(adapter, publishers, m).await);
             }
         }
+        for publishers in PUBLISHER_COUNTS {
+            throughput.push(bench_throughput(Adapter::PubSubNoDelivery, publishers, m).await);
+        }
         (latency, throughput)
     });
 
     println!("(a) latency: {n} messages after {warmup} warm-up, published sequentially by 1 task (ms)");
     println!(
-        "{:<10} {:<16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>5}",
+        "{:<28} {:<16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>5}",
         "adapter", "measure", "p50", "p90", "p99", "max", "msg/s", "dups"
     );
     for r in &latency {
         let rate = r.messages as f64 / r.elapsed.as_secs_f64();
         for (what, p) in [("publish() call", r.publish_call), ("publish→handler", r.end_to_end)] {
             println!(
-                "{:<10} {:<16} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>5}",
+                "{:<28} {:<16} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>5}",
                 r.adapter.label(),
                 what,
                 ms(p.p50),
@@ -383,27 +407,32 @@ fn main() {
 
     println!("\n(b) throughput: {m} messages from P concurrent publisher tasks");
     println!(
-        "{:<10} {:>4} {:>12} {:>12} {:>13} {:>13} {:>5}",
+        "{:<28} {:>4} {:>12} {:>12} {:>13} {:>13} {:>5}",
         "adapter", "P", "published s", "received s", "publishes/s", "e2e events/s", "dups"
     );
     for r in &throughput {
+        let (received, e2e_rate) = match r.received {
+            Some(at) => (format!("{:.3}", at.as_secs_f64()), format!("{:.0}", r.messages as f64 / at.as_secs_f64())),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
         println!(
-            "{:<10} {:>4} {:>12.3} {:>12.3} {:>13.0} {:>13.0} {:>5}",
+            "{:<28} {:>4} {:>12.3} {:>12} {:>13.0} {:>13} {:>5}",
             r.adapter.label(),
             r.publishers,
             r.published.as_secs_f64(),
-            r.received.as_secs_f64(),
+            received,
             r.messages as f64 / r.published.as_secs_f64(),
-            r.messages as f64 / r.received.as_secs_f64(),
+            e2e_rate,
             r.duplicates
         );
     }
     println!("\n(b) latency under that load (ms)");
-    println!("{:<10} {:>4} {:<16} {:>8} {:>8} {:>8} {:>8}", "adapter", "P", "measure", "p50", "p90", "p99", "max");
+    println!("{:<28} {:>4} {:<16} {:>8} {:>8} {:>8} {:>8}", "adapter", "P", "measure", "p50", "p90", "p99", "max");
     for r in &throughput {
-        for (what, p) in [("publish() call", r.publish_call), ("publish→handler", r.end_to_end)] {
+        let rows = [("publish() call", Some(r.publish_call)), ("publish→handler", r.end_to_end)];
+        for (what, p) in rows.into_iter().filter_map(|(what, p)| p.map(|p| (what, p))) {
             println!(
-                "{:<10} {:>4} {:<16} {:>8} {:>8} {:>8} {:>8}",
+                "{:<28} {:>4} {:<16} {:>8} {:>8} {:>8} {:>8}",
                 r.adapter.label(),
                 r.publishers,
                 what,

@@ -311,10 +311,13 @@ impl PubSubStandIn {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let service = PublisherService { shared: Arc::clone(&shared) };
+        // Without TCP_NODELAY a response's trailing frames wait for the client's delayed ACK
+        // (40 ms on Linux) whenever responses overlap; gRPC servers, Pub/Sub's included, set it.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
                 .await;
@@ -585,4 +588,95 @@ where
         }
     });
     tonic::server::Grpc::new(tonic_prost::ProstCodec::<Res, Req>::default()).unary(service, request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::publisher_client::PublisherClient;
+
+    /// What a push endpoint saw: the `Authorization` header and the envelope's subscription.
+    type Pushes = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
+    async fn client(stand_in: &PubSubStandIn) -> PublisherClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stand_in.addr()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        PublisherClient::new(channel)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topics_are_created_and_read_over_grpc() {
+        let stand_in = PubSubStandIn::start("demo").await.expect("stand-in");
+        let mut client = client(&stand_in).await;
+        let topic = proto::Topic { name: "projects/demo/topics/t1".into(), ..Default::default() };
+        let created = client.create_topic(topic.clone()).await.expect("created").into_inner();
+        assert_eq!(created.name, "projects/demo/topics/t1");
+        let again = client.create_topic(topic).await.expect_err("exists");
+        assert_eq!(again.code(), Code::AlreadyExists);
+        let read = client.get_topic(proto::GetTopicRequest { topic: "projects/demo/topics/t1".into() }).await;
+        assert_eq!(read.expect("read").into_inner().name, "projects/demo/topics/t1");
+        let missing = client.get_topic(proto::GetTopicRequest { topic: "projects/demo/topics/t2".into() }).await;
+        assert_eq!(missing.expect_err("missing").code(), Code::NotFound);
+        stand_in.fail_next_publishes(1, Code::ResourceExhausted);
+        let request = proto::PublishRequest {
+            topic: "projects/demo/topics/t1".into(),
+            messages: vec![proto::PubsubMessage { data: b"x".to_vec(), ..Default::default() }],
+        };
+        let refused = client.publish(request.clone()).await.expect_err("scripted");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        let ids = client.publish(request).await.expect("accepted").into_inner().message_ids;
+        assert_eq!(ids.len(), 1);
+        assert_eq!((stand_in.publish_requests(), stand_in.published_messages()), (2, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushes_carry_the_token_source_bearer_token_for_the_audience() {
+        let stand_in = PubSubStandIn::start("demo").await.expect("stand-in");
+        let topic = stand_in.create_topic("events").expect("topic");
+        let seen: Pushes = Arc::default();
+        let recorder = Arc::clone(&seen);
+        let endpoint = Router::new().route(
+            "/push",
+            post(move |headers: http::HeaderMap, body: Bytes| {
+                let recorder = Arc::clone(&recorder);
+                async move {
+                    let auth =
+                        headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let subscription = envelope["subscription"].as_str().unwrap_or_default().to_owned();
+                    lock(&recorder).push((auth, subscription));
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+        let url = format!("http://{}/push", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, endpoint).await;
+        });
+        let tokens: PushTokenSource = Arc::new(|audience: &str| Ok(format!("token-for-{audience}")));
+        let subscription =
+            PushSubscription::new("signed", &topic, &url).oidc_token(tokens, Some("https://devgem.example".into()));
+        stand_in.add_push_subscription(subscription).await.expect("subscription");
+        let mut client = client(&stand_in).await;
+        let message = proto::PubsubMessage { data: b"hello".to_vec(), ..Default::default() };
+        client.publish(proto::PublishRequest { topic, messages: vec![message] }).await.expect("published");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while lock(&seen).is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never pushed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = lock(&seen).clone();
+        assert_eq!(
+            seen,
+            [(
+                Some("Bearer token-for-https://devgem.example".to_owned()),
+                "projects/demo/subscriptions/signed".to_owned()
+            )]
+        );
+        server.abort();
+    }
 }
