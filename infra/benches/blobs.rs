@@ -25,31 +25,13 @@ use devgem_infra::local::LocalBlobs;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{Percentiles, percentiles};
+
 const N: usize = 300;
 const WARMUP: usize = 20;
 const BLOB_BYTES: usize = 64 * 1024;
 const GROUP: usize = 10;
-
-#[derive(Debug, Clone, Copy)]
-struct Percentiles {
-    p50: Duration,
-    p90: Duration,
-    p99: Duration,
-    max: Duration,
-    mean: Duration,
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
-    assert!(!samples.is_empty(), "no samples");
-    samples.sort_unstable();
-    // Nearest rank: the smallest sample with at least p % of samples at or below it.
-    let at = |p: f64| {
-        let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-        samples[rank.clamp(1, samples.len()) - 1]
-    };
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    Percentiles { p50: at(50.0), p90: at(90.0), p99: at(99.0), max: samples[samples.len() - 1], mean }
-}
 
 fn key(i: usize) -> BlobKey {
     BlobKey::parse(&format!("bench/{:04}/{:02}", i / GROUP, i % GROUP)).expect("bench key")

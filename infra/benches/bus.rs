@@ -36,6 +36,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+mod support;
+use support::{Percentiles, percentiles};
+
 const LATENCY_N: usize = 5_000;
 const LATENCY_WARMUP: usize = 500;
 const THROUGHPUT_M: usize = 20_000;
@@ -179,25 +182,6 @@ async fn wait_backlog_empty(bus: &LocalBus) {
     if tokio::time::timeout(PHASE_TIMEOUT, wait).await.is_err() {
         panic!("backlog not empty within {PHASE_TIMEOUT:?}");
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Percentiles {
-    p50: Duration,
-    p90: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
-    assert!(!samples.is_empty(), "no samples");
-    samples.sort_unstable();
-    // Nearest rank: the smallest sample with at least p % of samples at or below it.
-    let at = |p: f64| {
-        let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-        samples[rank.clamp(1, samples.len()) - 1]
-    };
-    Percentiles { p50: at(50.0), p90: at(90.0), p99: at(99.0), max: samples[samples.len() - 1] }
 }
 
 #[derive(Debug)]

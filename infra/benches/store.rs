@@ -18,10 +18,8 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
+mod support;
+use support::percentiles;
 
 async fn measure<F, Fut>(n: usize, mut op: F) -> (Duration, Duration)
 where
@@ -37,8 +35,8 @@ where
         op(n + i).await;
         samples.push(start.elapsed());
     }
-    samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    let p = percentiles(samples);
+    (p.p50, p.p99)
 }
 
 async fn bench(name: &str, store: Arc<dyn Store>, n: usize) -> Vec<(String, String, Duration, Duration)> {

@@ -18,6 +18,43 @@ pub struct OutboundMessage {
     pub ordering_key: Option<String>,
 }
 
+impl OutboundMessage {
+    /// Pub/Sub's limits on one message.
+    pub const MAX_DATA_BYTES: usize = 10 * 1024 * 1024;
+    pub const MAX_ATTRIBUTES: usize = 100;
+    pub const MAX_ORDERING_KEY_BYTES: usize = 1024;
+
+    /// Refuses what Pub/Sub would refuse. Every adapter checks this before it takes a message,
+    /// so a message one bus accepts the other accepts too (and on Pub/Sub, one bad message never
+    /// fails the whole batch it would have joined).
+    pub fn validate(&self) -> Result<(), BusError> {
+        let (max_data, max_attributes, max_key) =
+            (Self::MAX_DATA_BYTES, Self::MAX_ATTRIBUTES, Self::MAX_ORDERING_KEY_BYTES);
+        if self.data.len() > max_data {
+            return Err(BusError::Invalid(format!(
+                "message data is {} bytes; the limit is {max_data}",
+                self.data.len()
+            )));
+        }
+        if self.attributes.len() > max_attributes {
+            return Err(BusError::Invalid(format!("at most {max_attributes} attributes")));
+        }
+        if self.attributes.iter().any(|(k, v)| k.is_empty() || k.len() > 256 || v.len() > 1024 || k.starts_with("goog"))
+        {
+            return Err(BusError::Invalid(
+                "attribute keys are 1-256 bytes not starting with 'goog', values at most 1024".into(),
+            ));
+        }
+        if self.ordering_key.as_ref().is_some_and(|k| k.len() > max_key) {
+            return Err(BusError::Invalid(format!("ordering keys are at most {max_key} bytes")));
+        }
+        if self.data.is_empty() && self.attributes.is_empty() {
+            return Err(BusError::Invalid("a message needs data or attributes".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Bus failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -150,39 +150,6 @@ impl PubSubBus {
     }
 }
 
-/// Pub/Sub's limits on one message (the embedded bus checks the same ones, so a message one adapter
-/// accepts the other accepts too).
-const MAX_DATA_BYTES: usize = 10 * 1024 * 1024;
-const MAX_ATTRIBUTES: usize = 100;
-const MAX_ORDERING_KEY_BYTES: usize = 1024;
-
-/// Refuses what Pub/Sub would refuse, before the message joins a batch: the server rejects a
-/// `Publish` request as a whole, so one bad message would fail every publish batched with it.
-fn validate(message: &OutboundMessage) -> Result<(), BusError> {
-    if message.data.len() > MAX_DATA_BYTES {
-        return Err(BusError::Invalid(format!(
-            "message data is {} bytes; the limit is {MAX_DATA_BYTES}",
-            message.data.len()
-        )));
-    }
-    if message.attributes.len() > MAX_ATTRIBUTES {
-        return Err(BusError::Invalid(format!("at most {MAX_ATTRIBUTES} attributes")));
-    }
-    if message.attributes.iter().any(|(k, v)| k.is_empty() || k.len() > 256 || v.len() > 1024 || k.starts_with("goog"))
-    {
-        return Err(BusError::Invalid(
-            "attribute keys are 1-256 bytes not starting with 'goog', values at most 1024".into(),
-        ));
-    }
-    if message.ordering_key.as_ref().is_some_and(|k| k.len() > MAX_ORDERING_KEY_BYTES) {
-        return Err(BusError::Invalid(format!("ordering keys are at most {MAX_ORDERING_KEY_BYTES} bytes")));
-    }
-    if message.data.is_empty() && message.attributes.is_empty() {
-        return Err(BusError::Invalid("a message needs data or attributes".into()));
-    }
-    Ok(())
-}
-
 /// A failed publish, with what it says about Pub/Sub.
 #[derive(Debug, thiserror::Error)]
 #[error("{detail}")]
@@ -284,7 +251,7 @@ impl PubSubBus {
 #[async_trait]
 impl Bus for PubSubBus {
     async fn publish(&self, topic: Topic, message: OutboundMessage) -> Result<String, BusError> {
-        validate(&message)?;
+        message.validate()?;
         let topic_name = self.topic_name(topic);
         let publisher = self.publisher(topic);
         let ordering_key = message.ordering_key.clone().filter(|k| !k.is_empty());

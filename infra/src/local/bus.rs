@@ -78,11 +78,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 DELETE FROM messages WHERE id NOT IN (SELECT message_id FROM deliveries);
 "#;
 
-/// Pub/Sub's limits, kept so nothing that works here fails on GCP.
-const MAX_DATA_BYTES: usize = 10 * 1024 * 1024;
-const MAX_ATTRIBUTES: usize = 100;
-const MAX_ORDERING_KEY_BYTES: usize = 1024;
-
 impl From<DbError> for BusError {
     fn from(e: DbError) -> Self {
         BusError::Unavailable(e.to_string())
@@ -409,35 +404,10 @@ impl LocalBus {
     }
 }
 
-fn validate(message: &OutboundMessage) -> Result<(), BusError> {
-    if message.data.len() > MAX_DATA_BYTES {
-        return Err(BusError::Invalid(format!(
-            "message data is {} bytes; the limit is {MAX_DATA_BYTES}",
-            message.data.len()
-        )));
-    }
-    if message.attributes.len() > MAX_ATTRIBUTES {
-        return Err(BusError::Invalid(format!("at most {MAX_ATTRIBUTES} attributes")));
-    }
-    if message.attributes.iter().any(|(k, v)| k.is_empty() || k.len() > 256 || v.len() > 1024 || k.starts_with("goog"))
-    {
-        return Err(BusError::Invalid(
-            "attribute keys are 1-256 bytes not starting with 'goog', values at most 1024".into(),
-        ));
-    }
-    if message.ordering_key.as_ref().is_some_and(|k| k.len() > MAX_ORDERING_KEY_BYTES) {
-        return Err(BusError::Invalid(format!("ordering keys are at most {MAX_ORDERING_KEY_BYTES} bytes")));
-    }
-    if message.data.is_empty() && message.attributes.is_empty() {
-        return Err(BusError::Invalid("a message needs data or attributes".into()));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, topic: Topic, message: OutboundMessage) -> Result<String, BusError> {
-        validate(&message)?;
+        message.validate()?;
         let inner = Arc::clone(&self.inner);
         let publish_time = self.inner.clock.now();
         let attributes = serde_json::to_string(&message.attributes).map_err(|e| BusError::Invalid(e.to_string()))?;

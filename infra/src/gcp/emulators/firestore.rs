@@ -3,7 +3,7 @@
 //! Firestore's rules (all-or-nothing, `update_time` preconditions). Each emulator is one empty
 //! database; tests start one each or use distinct collections.
 
-use super::{ChildGuard, EmulatorError, free_port, repo_path, wait_for_port};
+use super::{ChildGuard, EmulatorError, repo_path, start_on_free_port};
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,19 +24,12 @@ impl FirestoreEmulator {
                 tool: "the npm package @firestore-emulator/server (in scripts/emulators/node_modules)".into(),
             });
         }
-        let mut last = None;
-        // A port found free may be taken before the emulator binds it: try a few.
-        for _ in 0..3 {
-            let port = free_port()?;
+        let command = |port: u16| {
             let mut command = Command::new("node");
             command.arg(dir.join("firestore.cjs")).arg(port.to_string()).current_dir(&dir);
-            let mut child = ChildGuard::spawn("Firestore", command)?;
-            match wait_for_port(&mut child, port, Duration::from_secs(30)).await {
-                Ok(()) => return Ok(Self { host: format!("127.0.0.1:{port}"), _child: child }),
-                Err(e @ EmulatorError::Exited { .. }) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or(EmulatorError::Setup { emulator: "Firestore", message: "could not start".into() }))
+            command
+        };
+        let (child, port) = start_on_free_port("Firestore", Duration::from_secs(30), command).await?;
+        Ok(Self { host: format!("127.0.0.1:{port}"), _child: child })
     }
 }

@@ -135,6 +135,36 @@ pub async fn wait_for_port(child: &mut ChildGuard, port: u16, timeout: Duration)
     }
 }
 
+/// Starts attempts of an emulator on a new port when the last one lost its port.
+const START_ATTEMPTS: u32 = 3;
+
+/// Starts `command(port)` on a free loopback port and waits until it answers there. A port found
+/// free may be taken before the emulator binds it, so a start that fails that way is tried again
+/// on another port; any other failure is returned as it is.
+pub async fn start_on_free_port(
+    emulator: &'static str,
+    timeout: Duration,
+    command: impl Fn(u16) -> Command,
+) -> Result<(ChildGuard, u16), EmulatorError> {
+    let mut last_error = None;
+    for _ in 0..START_ATTEMPTS {
+        let port = free_port()?;
+        let mut child = ChildGuard::spawn(emulator, command(port))?;
+        match wait_for_port(&mut child, port, timeout).await {
+            Ok(()) => return Ok((child, port)),
+            Err(error) if is_port_taken(&error) => last_error = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or(EmulatorError::Setup { emulator, message: "could not start".to_owned() }))
+}
+
+/// Whether the emulator exited because its port was taken (Python says "Address already in use",
+/// Node "EADDRINUSE: address already in use").
+fn is_port_taken(error: &EmulatorError) -> bool {
+    matches!(error, EmulatorError::Exited { output, .. } if output.to_ascii_lowercase().contains("address already in use"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

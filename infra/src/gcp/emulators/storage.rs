@@ -3,7 +3,7 @@
 //! and delete on the same port, generation headers on downloads; the script's docs list them).
 //! In memory; the bucket exists when [`StorageEmulator::start`] returns.
 
-use super::{ChildGuard, EmulatorError, free_port, repo_path, wait_for_port};
+use super::{ChildGuard, EmulatorError, repo_path, start_on_free_port};
 use crate::gcp::GcpConfig;
 use std::process::Command;
 use std::time::Duration;
@@ -12,8 +12,6 @@ const NAME: &str = "Cloud Storage";
 const LAUNCHER: &str = "scripts/emulators/storage.py";
 /// Python starts in well under a second here; a loaded CI machine gets more.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Another process can take the free port before the emulator binds it: try a few ports.
-const START_ATTEMPTS: u32 = 3;
 
 /// A running emulator with one bucket. Dropping it stops the emulator.
 #[derive(Debug)]
@@ -30,32 +28,20 @@ impl StorageEmulator {
         if !launcher.is_file() {
             return Err(EmulatorError::Setup { emulator: NAME, message: format!("{} is missing", launcher.display()) });
         }
-        let mut last_error = None;
-        for _ in 0..START_ATTEMPTS {
-            let port = free_port()?;
+        let command = |port: u16| {
             let mut command = Command::new("python3");
             command.arg(&launcher).args(["--port", &port.to_string(), "--bucket", bucket]);
-            let mut child = ChildGuard::spawn(NAME, command)?;
-            match wait_for_port(&mut child, port, START_TIMEOUT).await {
-                Ok(()) => {
-                    return Ok(Self {
-                        _child: child,
-                        endpoint: format!("http://127.0.0.1:{port}"),
-                        bucket: bucket.to_owned(),
-                    });
-                }
-                // The launcher exits with 3 when its Python packages are missing.
-                Err(EmulatorError::Exited { status, output, .. }) if status.code() == Some(3) => {
-                    return Err(EmulatorError::ToolMissing {
-                        emulator: NAME,
-                        tool: format!("the Python packages gcp-storage-emulator and grpcio ({output})"),
-                    });
-                }
-                Err(error @ EmulatorError::Exited { .. }) if is_port_taken(&error) => last_error = Some(error),
-                Err(error) => return Err(error),
-            }
-        }
-        Err(last_error.unwrap_or(EmulatorError::Setup { emulator: NAME, message: "could not start".to_owned() }))
+            command
+        };
+        let (child, port) = start_on_free_port(NAME, START_TIMEOUT, command).await.map_err(|error| match error {
+            // The launcher exits with 3 when its Python packages are missing.
+            EmulatorError::Exited { status, output, .. } if status.code() == Some(3) => EmulatorError::ToolMissing {
+                emulator: NAME,
+                tool: format!("the Python packages gcp-storage-emulator and grpcio ({output})"),
+            },
+            error => error,
+        })?;
+        Ok(Self { _child: child, endpoint: format!("http://127.0.0.1:{port}"), bucket: bucket.to_owned() })
     }
 
     /// `http://127.0.0.1:PORT`: the JSON API and gRPC both answer there.
@@ -77,10 +63,6 @@ impl StorageEmulator {
             ..GcpConfig::default()
         }
     }
-}
-
-fn is_port_taken(error: &EmulatorError) -> bool {
-    matches!(error, EmulatorError::Exited { output, .. } if output.contains("Address already in use"))
 }
 
 #[cfg(test)]

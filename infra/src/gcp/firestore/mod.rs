@@ -20,9 +20,8 @@
 //! are used: the same calls work on Firestore and on the emulator the tests run.
 //!
 //! Sequence numbers come from the head, read and advanced in the same transaction as the events
-//! are created, so they have no gaps; appends of one session that arrive while one is being
-//! committed are grouped into the next commit (several events per transaction, far fewer writes
-//! to the head than events).
+//! are created, so they have no gaps. One append of several events is one head write; appends
+//! from different callers are not grouped (concurrent ones race on the head and retry).
 //!
 //! Documents over [`INLINE_LIMIT`] keep their data in Blobs (`store/...`), with their top-level
 //! scalar fields inline so queries still find them.
@@ -587,7 +586,7 @@ impl FirestoreStore {
         owner: &str,
         version: u64,
         data: &Json,
-        written_blobs: &mut Vec<BlobKey>,
+        stale_blobs: &mut Vec<BlobKey>,
     ) -> Result<fs::Document, StoreError> {
         let mut fields = HashMap::from([("owner".to_owned(), string(owner)), ("version".to_owned(), int(version))]);
         let blob = self
@@ -596,9 +595,9 @@ impl FirestoreStore {
                 format!("store/{}/{id}-v{version}.json", key.collection())
             })
             .await?;
-        // The blob just written must survive even if the stale list names the same key.
+        // A blob this write just stored is not stale, even if an earlier write of the commit named it.
         if let Some(blob) = blob {
-            written_blobs.retain(|k| *k != blob);
+            stale_blobs.retain(|k| *k != blob);
         }
         Ok(fs::Document { name: self.doc_name(key), fields, ..Default::default() })
     }

@@ -310,7 +310,7 @@ async fn publishes_are_validated_like_pubsub() {
     let empty = OutboundMessage { data: Bytes::new(), attributes: BTreeMap::new(), ordering_key: None };
     assert!(matches!(bus.publish(Topic::Builds, empty).await, Err(BusError::Invalid(_))));
     let huge = OutboundMessage {
-        data: Bytes::from(vec![0u8; MAX_DATA_BYTES + 1]),
+        data: Bytes::from(vec![0u8; OutboundMessage::MAX_DATA_BYTES + 1]),
         attributes: BTreeMap::new(),
         ordering_key: None,
     };
