@@ -71,4 +71,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     async fn service_url(&self, owner: &UserId, service: &ServiceName) -> Result<String, RuntimeError>;
     /// Stops and removes a revision that serves no traffic.
     async fn delete_revision(&self, owner: &UserId, service: &ServiceName, revision: &str) -> Result<(), RuntimeError>;
+
+    /// The env the service runs with as the runtime has it now, so that a change made outside
+    /// DevGem (an env var edited on the Cloud Run service) is seen. `None`: the runtime has no
+    /// env of its own beyond what DevGem gave it (the local runtime).
+    async fn live_env(
+        &self,
+        _owner: &UserId,
+        _service: &ServiceName,
+    ) -> Result<Option<BTreeMap<EnvVarName, EnvValue>>, RuntimeError> {
+        Ok(None)
+    }
 }

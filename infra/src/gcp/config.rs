@@ -1,7 +1,7 @@
 //! Where the GCP adapters connect, read from the environment. Names follow Google's own
 //! conventions where they exist (`GOOGLE_CLOUD_PROJECT`, `*_EMULATOR_HOST`), `DEVGEM_*` otherwise.
 
-/// Everything the GCP data-plane adapters need to find their resources.
+/// Everything the GCP adapters need to find their resources.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GcpConfig {
     /// `GOOGLE_CLOUD_PROJECT`.
@@ -18,6 +18,36 @@ pub struct GcpConfig {
     pub pubsub_emulator: Option<String>,
     /// `DEVGEM_TOPIC_PREFIX`: prepended to every topic name (`chat-turns` -> `devgem-chat-turns`).
     pub topic_prefix: String,
+    /// `DEVGEM_REGION`, default `us-central1`: where users' builds and services run.
+    pub region: String,
+    /// `DEVGEM_IMAGE_REPOSITORY`: the Artifact Registry repository users' images are pushed to,
+    /// as `REGION-docker.pkg.dev/PROJECT/REPOSITORY`.
+    pub image_repository: Option<String>,
+    /// `DEVGEM_BUILD_SERVICE_ACCOUNT`: the email users' builds run as (never DevGem's own).
+    pub build_service_account: Option<String>,
+    /// `DEVGEM_APP_SERVICE_ACCOUNT`: the service account users' services run as.
+    pub app_service_account: Option<String>,
+    /// `DEVGEM_SERVICE_PREFIX`: prepended to the Cloud Run names of users' services.
+    pub service_prefix: String,
+    /// Where the control-plane APIs are reached instead of Google's endpoints (stand-ins in
+    /// tests): `DEVGEM_<API>_ENDPOINT` as `http://host:port`, with anonymous credentials.
+    pub endpoints: Endpoints,
+}
+
+/// Endpoint overrides of the control-plane APIs; `None`: Google's own, with Application Default
+/// Credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Endpoints {
+    /// `DEVGEM_CLOUD_BUILD_ENDPOINT`.
+    pub cloud_build: Option<String>,
+    /// `DEVGEM_CLOUD_RUN_ENDPOINT`.
+    pub cloud_run: Option<String>,
+    /// `DEVGEM_SECRET_MANAGER_ENDPOINT`.
+    pub secret_manager: Option<String>,
+    /// `DEVGEM_LOGGING_ENDPOINT`.
+    pub logging: Option<String>,
+    /// `DEVGEM_IAM_ENDPOINT`.
+    pub iam: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +88,18 @@ impl GcpConfig {
             storage_emulator: non_empty("STORAGE_EMULATOR_HOST"),
             pubsub_emulator: non_empty("PUBSUB_EMULATOR_HOST"),
             topic_prefix,
+            region: non_empty("DEVGEM_REGION").unwrap_or_else(|| "us-central1".to_owned()),
+            image_repository: non_empty("DEVGEM_IMAGE_REPOSITORY"),
+            build_service_account: non_empty("DEVGEM_BUILD_SERVICE_ACCOUNT"),
+            app_service_account: non_empty("DEVGEM_APP_SERVICE_ACCOUNT"),
+            service_prefix: non_empty("DEVGEM_SERVICE_PREFIX").unwrap_or_default(),
+            endpoints: Endpoints {
+                cloud_build: non_empty("DEVGEM_CLOUD_BUILD_ENDPOINT"),
+                cloud_run: non_empty("DEVGEM_CLOUD_RUN_ENDPOINT"),
+                secret_manager: non_empty("DEVGEM_SECRET_MANAGER_ENDPOINT"),
+                logging: non_empty("DEVGEM_LOGGING_ENDPOINT"),
+                iam: non_empty("DEVGEM_IAM_ENDPOINT"),
+            },
         })
     }
 

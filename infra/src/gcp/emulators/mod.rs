@@ -10,6 +10,7 @@
 
 pub mod firestore;
 pub mod pubsub;
+pub mod standin;
 pub mod storage;
 
 use std::io::Read;
