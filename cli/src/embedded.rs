@@ -3,7 +3,8 @@
 use devgem_common::clock::{Clock, SystemClock};
 use devgem_common::identity::Identity;
 use devgem_common::ports::Ports;
-use devgem_infra::local::builder::{LocalBuilder, executor_for};
+use devgem_infra::gcp::pubsub::PubSubBus;
+use devgem_infra::local::builder::{Executor, LocalBuilder, executor_for};
 use devgem_infra::local::runtime::LocalRuntime;
 use devgem_infra::local::{LocalBlobs, LocalBus, LocalSecrets, LocalStore};
 use devgem_infra::source::{GitSource, SourcePolicy};
@@ -29,8 +30,12 @@ pub struct EmbeddedOptions {
 pub struct Embedded {
     pub data_dir: PathBuf,
     pub ports: Ports,
-    /// The bus as itself, for subscriptions and stats that the Bus port does not offer.
+    /// The embedded bus as itself, for subscriptions and stats that the Bus port does not offer.
+    /// With `DEVGEM_BUS=pubsub` it carries nothing: `ports.bus` is [`Embedded::pubsub`].
     pub bus: LocalBus,
+    /// The Pub/Sub bus when `DEVGEM_BUS=pubsub`: deliveries come from Pub/Sub's push
+    /// subscriptions instead of the embedded bus.
+    pub pubsub: Option<Arc<PubSubBus>>,
     pub identity: Identity,
     pub source: Arc<GitSource>,
     pub secrets: Arc<LocalSecrets>,
@@ -42,6 +47,8 @@ pub struct Embedded {
     pub brain: Option<Arc<dyn devgem_common::ports::brain::Brain>>,
     /// The monitor's thresholds (`DEVGEM_MONITOR_*`).
     pub monitor: devgem_monitor::MonitorSettings,
+    /// How long a new revision may take to listen on its port (kept to rebuild the runtime).
+    startup_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +104,10 @@ impl Embedded {
         Ok(self)
     }
 
-    /// Puts the Store and Blobs on GCP when the environment says so: `DEVGEM_STORE=firestore`
-    /// (default `sqlite`) and `DEVGEM_BLOBS=gcs` (default `files`), with the names of
-    /// [`devgem_infra::gcp::GcpConfig`]. The bus, builder and runtime stay as they are.
+    /// Puts the Store, Bus and Blobs on GCP when the environment says so: `DEVGEM_STORE=firestore`
+    /// (default `sqlite`), `DEVGEM_BUS=pubsub` (default `embedded`) and `DEVGEM_BLOBS=gcs`
+    /// (default `files`), with the names of [`devgem_infra::gcp::GcpConfig`]. The builder and
+    /// runtime stay local, rebuilt on the chosen ports.
     pub async fn with_data_plane_from_env(self) -> Result<Self, OpenError> {
         self.with_data_plane(|name| std::env::var(name).ok()).await
     }
@@ -116,29 +124,46 @@ impl Embedded {
         };
         let store = choice("DEVGEM_STORE", "sqlite", ["sqlite", "firestore"], "sqlite or firestore")?;
         let blobs = choice("DEVGEM_BLOBS", "files", ["files", "gcs"], "files or gcs")?;
-        if store == "sqlite" && blobs == "files" {
+        let bus = choice("DEVGEM_BUS", "embedded", ["embedded", "pubsub"], "embedded or pubsub")?;
+        if store == "sqlite" && blobs == "files" && bus == "embedded" {
             return Ok(self);
         }
         let config = devgem_infra::gcp::GcpConfig::from_env(&get)?;
         if blobs == "gcs" {
             let gcs = devgem_infra::gcp::storage::GcsBlobs::connect(&config).await?;
             self.ports.blobs = Arc::new(gcs);
-            self.builder = LocalBuilder::new(
-                self.builder.executor().clone(),
-                self.ports.bus.clone(),
-                self.ports.blobs.clone(),
-                self.source.clone(),
-                self.ports.clock.clone(),
-            );
         }
         if store == "firestore" {
             let firestore =
                 devgem_infra::gcp::firestore::FirestoreStore::connect(&config, self.ports.blobs.clone()).await?;
             self.ports.store = Arc::new(firestore);
-            self.identity = Identity::new(self.ports.store.clone(), self.ports.clock.clone());
         }
-        tracing::info!(%store, %blobs, project = %config.project, "the data plane is on GCP");
+        if bus == "pubsub" {
+            let pubsub = Arc::new(PubSubBus::connect(&config).await?);
+            self.ports.bus = pubsub.clone();
+            self.pubsub = Some(pubsub);
+        }
+        self.rewire()?;
+        tracing::info!(%store, %bus, %blobs, project = %config.project, "the data plane is on GCP");
         Ok(self)
+    }
+
+    /// Builds what holds ports (identity, builder, runtime) again on the current ones.
+    fn rewire(&mut self) -> Result<(), OpenError> {
+        let executor = self.builder.executor().clone();
+        self.identity = Identity::new(self.ports.store.clone(), self.ports.clock.clone());
+        self.builder = local_builder(executor.clone(), &self.ports, &self.source);
+        self.runtime = local_runtime(&self.data_dir, executor, &self.secrets, &self.ports, self.startup_timeout)?;
+        Ok(())
+    }
+
+    /// Stops the bus: the embedded one's deliveries finish (up to `grace`); Pub/Sub's batched
+    /// messages are sent.
+    pub async fn shutdown_bus(&self, grace: Duration) {
+        if let Some(pubsub) = &self.pubsub {
+            pubsub.flush().await;
+        }
+        self.bus.shutdown(grace).await;
     }
 
     /// Sets the monitor's thresholds from `DEVGEM_MONITOR_*` (see `devgem_monitor::MonitorSettings`).
@@ -159,21 +184,8 @@ impl Embedded {
         let source = Arc::new(GitSource::new(policy));
         let secrets = Arc::new(LocalSecrets::open(data_dir.join("secrets.json"), &secrets_key));
         let executor = Arc::new(executor_for(data_dir)?);
-        let builder = LocalBuilder::new(
-            executor.clone(),
-            ports.bus.clone(),
-            ports.blobs.clone(),
-            source.clone(),
-            ports.clock.clone(),
-        );
-        let runtime = LocalRuntime::open(
-            data_dir.join("runtime"),
-            executor,
-            secrets.clone(),
-            ports.bus.clone(),
-            ports.clock.clone(),
-            startup_timeout,
-        )?;
+        let builder = local_builder(executor.clone(), &ports, &source);
+        let runtime = local_runtime(data_dir, executor, &secrets, &ports, startup_timeout)?;
         let work_dir = data_dir.join("work");
         std::fs::create_dir_all(&work_dir).map_err(|source| OpenError::DataDir { path: work_dir.clone(), source })?;
         Ok(Self {
@@ -188,6 +200,73 @@ impl Embedded {
             work_dir,
             brain: None,
             monitor: Default::default(),
+            pubsub: None,
+            startup_timeout,
         })
+    }
+}
+
+fn local_builder(executor: Arc<Executor>, ports: &Ports, source: &Arc<GitSource>) -> LocalBuilder {
+    LocalBuilder::new(executor, ports.bus.clone(), ports.blobs.clone(), source.clone(), ports.clock.clone())
+}
+
+fn local_runtime(
+    data_dir: &Path,
+    executor: Arc<Executor>,
+    secrets: &Arc<LocalSecrets>,
+    ports: &Ports,
+    startup_timeout: Duration,
+) -> Result<LocalRuntime, OpenError> {
+    let runtime = LocalRuntime::open(
+        data_dir.join("runtime"),
+        executor,
+        secrets.clone(),
+        ports.bus.clone(),
+        ports.clock.clone(),
+        startup_timeout,
+    )?;
+    Ok(runtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embedded(dir: &Path) -> Embedded {
+        let options = EmbeddedOptions {
+            policy: SourcePolicy { allow_local_paths: false, allow_hosts: Vec::new() },
+            startup_timeout: Duration::from_secs(5),
+            secrets_key: dir.join("secrets.key"),
+        };
+        Embedded::open_with(&dir.join("data"), options).expect("embedded adapters")
+    }
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_adapter_is_refused_with_the_choices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = embedded(dir.path()).with_data_plane(env(&[("DEVGEM_BUS", "kafka")])).await.expect_err("unknown");
+        assert_eq!(error.to_string(), r#"DEVGEM_BUS="kafka" is not an adapter DevGem knows; use embedded or pubsub"#);
+        let error =
+            embedded(dir.path()).with_data_plane(env(&[("DEVGEM_BUS", "pubsub")])).await.expect_err("no project");
+        assert!(error.to_string().contains("GOOGLE_CLOUD_PROJECT is not set"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_pubsub_bus_replaces_the_port_and_what_publishes_through_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let defaults = embedded(dir.path()).with_data_plane(env(&[])).await.expect("defaults");
+        assert!(defaults.pubsub.is_none());
+        // The client connects lazily: nothing listens on the emulator address until a publish.
+        let pairs = &[("DEVGEM_BUS", "PubSub"), ("GOOGLE_CLOUD_PROJECT", "p"), ("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")];
+        let on_pubsub = embedded(dir.path()).with_data_plane(env(pairs)).await.expect("pubsub");
+        let pubsub = on_pubsub.pubsub.clone().expect("the Pub/Sub bus");
+        let port: Arc<dyn devgem_common::ports::bus::Bus> = pubsub;
+        assert!(Arc::ptr_eq(&on_pubsub.ports.bus, &port), "ports.bus is the Pub/Sub bus");
+        assert!(format!("{:?}", on_pubsub.builder).contains("PubSubBus"), "the builder publishes through it");
+        assert!(format!("{:?}", on_pubsub.runtime).contains("PubSubBus"), "the runtime publishes through it");
     }
 }

@@ -1,8 +1,9 @@
 //! `devgem serve <function>`: one function's router on `$PORT`, as each Cloud Run service runs
 //! it. Stops accepting on SIGTERM and lets in-flight requests finish within 10 s.
 //!
-//! Until the GCP adapters land (issues 9 and 10), the function runs on the embedded adapters of
-//! the data dir.
+//! The adapters are the data dir's embedded ones unless the environment puts them on GCP
+//! (`DEVGEM_STORE=firestore`, `DEVGEM_BUS=pubsub`, `DEVGEM_BLOBS=gcs`; see
+//! [`crate::embedded::Embedded::with_data_plane`]).
 //!
 //! On GCP (`DEVGEM_PUSH_AUDIENCE` set) every `/push/` route needs Pub/Sub's OIDC token
 //! ([`devgem_infra::gcp::oidc`]). `devgem up` never does this: its bus is in-process.
@@ -32,7 +33,7 @@ pub async fn run(function: Function, data_dir: &Path, port: u16, once: bool) -> 
         }
         let report = devgem_janitor::sweep::sweep(&crate::functions::janitor_state(&embedded)).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);
-        embedded.bus.shutdown(std::time::Duration::from_secs(5)).await;
+        embedded.shutdown_bus(std::time::Duration::from_secs(5)).await;
         return Ok(());
     }
     let push_auth = push_verifier(|name| std::env::var(name).ok())?;
@@ -42,7 +43,7 @@ pub async fn run(function: Function, data_dir: &Path, port: u16, once: bool) -> 
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(function = function.name(), %addr, "serving");
     serve(listener, router, termination_signal(), SHUTDOWN_GRACE).await.context("server failed")?;
-    embedded.bus.shutdown(std::time::Duration::from_secs(5)).await;
+    embedded.shutdown_bus(std::time::Duration::from_secs(5)).await;
     tracing::info!(function = function.name(), "stopped");
     Ok(())
 }

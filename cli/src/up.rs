@@ -8,9 +8,13 @@
 //! - Routes: `/health` (every function's probe, the bus backlog and dead letters), `/api/*`,
 //!   `/chat` and `/stats` to the api function, everything else to the relay (WebSocket and web
 //!   UI); any request for `<service>.localhost` to the deployed app (see [`crate::proxy`]).
-//! - The pipeline's subscriptions (deployments → analyze, builds and cloud-builds → build,
-//!   releases → deploy, control → all three) are attached on start; revisions that served before
-//!   are started again, and the janitor runs every minute.
+//! - The pipeline's subscriptions ([`SUBSCRIPTIONS`]: deployments → analyze, builds and
+//!   cloud-builds → build, releases → deploy, control → all three, ...) are attached on start;
+//!   revisions that served before are started again, and the janitor runs every minute.
+//! - With `DEVGEM_BUS=pubsub` events go through Pub/Sub instead: nothing is subscribed here, and
+//!   every function's routes are also served under `/functions/<name>` for Pub/Sub's push
+//!   subscriptions (the same [`SUBSCRIPTIONS`], pushing to `<url>/functions/<function><path>`),
+//!   behind the OIDC check when `DEVGEM_PUSH_AUDIENCE` is set.
 //! - Ctrl-C or SIGTERM stops accepting, finishes in-flight requests and deliveries; pending
 //!   messages stay in the bus and are delivered on the next start.
 
@@ -166,6 +170,29 @@ fn open_browser(link: &str) {
     }
 }
 
+/// The pipeline's subscriptions: name, topic, function, and the function's push path. On GCP,
+/// terraform creates the same ones (`scripts/check-terraform.py` checks it against this list).
+pub const SUBSCRIPTIONS: [(&str, devgem_common::events::Topic, &str, &str); 10] = {
+    use devgem_common::events::Topic;
+    [
+        ("chat-turns", Topic::ChatTurns, devgem_chat::NAME, devgem_chat::PUSH_CHAT_TURNS),
+        ("analyze-deployments", Topic::Deployments, devgem_analyze::NAME, devgem_analyze::PUSH_DEPLOYMENTS),
+        ("build-builds", Topic::Builds, devgem_build::NAME, devgem_build::PUSH_BUILDS),
+        ("build-cloud-builds", Topic::CloudBuilds, devgem_build::NAME, devgem_build::PUSH_CLOUD_BUILDS),
+        ("deploy-releases", Topic::Releases, devgem_deploy::NAME, devgem_deploy::PUSH_RELEASES),
+        ("analyze-control", Topic::Control, devgem_analyze::NAME, devgem_analyze::PUSH_CONTROL),
+        ("build-control", Topic::Control, devgem_build::NAME, devgem_build::PUSH_CONTROL),
+        ("deploy-control", Topic::Control, devgem_deploy::NAME, devgem_deploy::PUSH_CONTROL),
+        ("monitor-log-entries", Topic::LogEntries, devgem_monitor::NAME, devgem_monitor::PUSH_LOG_ENTRIES),
+        ("chat-alerts", Topic::Alerts, devgem_chat::NAME, devgem_chat::PUSH_ALERTS),
+    ]
+};
+
+/// Where `devgem up` serves a function's routes for Pub/Sub's push subscriptions.
+pub fn function_prefix(function: &str) -> String {
+    format!("/functions/{function}")
+}
+
 /// How often `devgem up` runs the janitor.
 const JANITOR_EVERY: Duration = Duration::from_secs(60);
 
@@ -184,8 +211,12 @@ struct FunctionHealth {
 #[derive(Debug, Serialize)]
 struct BusHealth {
     ok: bool,
-    backlog: u64,
-    dead_letters: u64,
+    /// `embedded` or `pubsub`; Pub/Sub's backlog is Pub/Sub's to report, so it is absent then.
+    adapter: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backlog: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letters: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,11 +245,20 @@ async fn health(State(state): State<HealthState>) -> Response {
         }
     });
     let functions: BTreeMap<_, _> = futures_util::future::join_all(probes).await.into_iter().collect();
-    let bus = match state.embedded.bus.stats().await {
-        Ok(stats) => BusHealth { ok: true, backlog: stats.backlog, dead_letters: stats.dead_letters },
-        Err(e) => {
-            tracing::warn!(error = %e, "bus stats unavailable");
-            BusHealth { ok: false, backlog: 0, dead_letters: 0 }
+    let bus = if state.embedded.pubsub.is_some() {
+        BusHealth { ok: true, adapter: "pubsub", backlog: None, dead_letters: None }
+    } else {
+        match state.embedded.bus.stats().await {
+            Ok(stats) => BusHealth {
+                ok: true,
+                adapter: "embedded",
+                backlog: Some(stats.backlog),
+                dead_letters: Some(stats.dead_letters),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "bus stats unavailable");
+                BusHealth { ok: false, adapter: "embedded", backlog: None, dead_letters: None }
+            }
         }
     };
     let ok = bus.ok && functions.values().all(|f| f.ok);
@@ -229,6 +269,15 @@ async fn health(State(state): State<HealthState>) -> Response {
 impl App {
     /// Builds every function's router on `embedded` and the one router in front of them.
     pub fn build(embedded: Embedded) -> Self {
+        Self::build_with_push_auth(embedded, None)
+    }
+
+    /// [`App::build`], with the OIDC check of Pub/Sub's push requests on `/functions/*` (only
+    /// served with `DEVGEM_BUS=pubsub`).
+    pub fn build_with_push_auth(
+        embedded: Embedded,
+        push_auth: Option<std::sync::Arc<devgem_infra::gcp::oidc::PushVerifier>>,
+    ) -> Self {
         let functions: Vec<(&'static str, Router)> =
             Function::ALL.iter().map(|f| (f.name(), f.router(&embedded))).collect();
         let by_name =
@@ -240,9 +289,21 @@ impl App {
         // (and answers `/healthz`); everything else goes to the relay, which serves the
         // WebSocket and the web UI, in place of the api's JSON 404. Requests for
         // `<service>.localhost` go to the deployed app instead.
-        let router = Router::new()
+        let mut router = Router::new()
             .route("/health", get(health))
-            .with_state(HealthState { functions: functions.clone(), embedded: embedded.clone() })
+            .with_state(HealthState { functions: functions.clone(), embedded: embedded.clone() });
+        if embedded.pubsub.is_some() {
+            for (name, function) in &functions {
+                let function = match &push_auth {
+                    Some(verifier) => {
+                        function.clone().layer(devgem_infra::gcp::oidc::push_auth_layer(verifier.clone()))
+                    }
+                    None => function.clone(),
+                };
+                router = router.nest(&function_prefix(name), function);
+            }
+        }
+        let router = router
             .fallback_service(api.fallback_service(relay))
             .layer(axum::middleware::from_fn_with_state(embedded.runtime.clone(), crate::proxy::services))
             .layer(axum::middleware::from_fn(correlate));
@@ -256,31 +317,24 @@ impl App {
     /// Starts the pipeline on the listener's `port`: attaches the subscriptions (their pending
     /// messages are delivered), and starts the revisions that serve services again.
     pub async fn start(&self, port: u16) -> anyhow::Result<()> {
-        use devgem_common::events::Topic;
         use devgem_infra::local::SubscriptionConfig;
         self.embedded.runtime.set_public_port(port);
         // Builds that a killed DevGem left behind are reported failed before deliveries resume.
         for build in self.embedded.builder.recover().await {
             tracing::warn!(%build, "a build was interrupted by a restart and reported failed");
         }
-        let subscriptions = [
-            ("chat-turns", Topic::ChatTurns, devgem_chat::NAME, devgem_chat::PUSH_CHAT_TURNS),
-            ("analyze-deployments", Topic::Deployments, devgem_analyze::NAME, devgem_analyze::PUSH_DEPLOYMENTS),
-            ("build-builds", Topic::Builds, devgem_build::NAME, devgem_build::PUSH_BUILDS),
-            ("build-cloud-builds", Topic::CloudBuilds, devgem_build::NAME, devgem_build::PUSH_CLOUD_BUILDS),
-            ("deploy-releases", Topic::Releases, devgem_deploy::NAME, devgem_deploy::PUSH_RELEASES),
-            ("analyze-control", Topic::Control, devgem_analyze::NAME, devgem_analyze::PUSH_CONTROL),
-            ("build-control", Topic::Control, devgem_build::NAME, devgem_build::PUSH_CONTROL),
-            ("deploy-control", Topic::Control, devgem_deploy::NAME, devgem_deploy::PUSH_CONTROL),
-            ("monitor-log-entries", Topic::LogEntries, devgem_monitor::NAME, devgem_monitor::PUSH_LOG_ENTRIES),
-            ("chat-alerts", Topic::Alerts, devgem_chat::NAME, devgem_chat::PUSH_ALERTS),
-        ];
-        for (name, topic, function, path) in subscriptions {
-            self.embedded
-                .bus
-                .subscribe(SubscriptionConfig::new(name, topic, path), self.function(function))
-                .await
-                .with_context(|| format!("cannot attach subscription {name}"))?;
+        if self.embedded.pubsub.is_some() {
+            tracing::info!(
+                "events go through Pub/Sub: its push subscriptions deliver to /functions/<function>/push/..."
+            );
+        } else {
+            for (name, topic, function, path) in SUBSCRIPTIONS {
+                self.embedded
+                    .bus
+                    .subscribe(SubscriptionConfig::new(name, topic, path), self.function(function))
+                    .await
+                    .with_context(|| format!("cannot attach subscription {name}"))?;
+            }
         }
         for (revision, error) in self.embedded.runtime.restore().await {
             tracing::warn!(%revision, %error, "a serving revision did not start again");
@@ -310,7 +364,7 @@ impl App {
         if let Some(task) = self.janitor.lock().ok().and_then(|mut slot| slot.take()) {
             task.abort();
         }
-        self.embedded.bus.shutdown(Duration::from_secs(5)).await;
+        self.embedded.shutdown_bus(Duration::from_secs(5)).await;
         self.embedded.runtime.shutdown().await;
     }
 }
@@ -336,7 +390,8 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send +
         .with_context(|| format!("cannot listen on {addr}; pick another port with --port"))?;
     let local = listener.local_addr()?;
     let url = format!("http://{local}");
-    let app = App::build(embedded);
+    let push_auth = crate::serve::push_verifier(|name| std::env::var(name).ok())?;
+    let app = App::build_with_push_auth(embedded, push_auth);
     app.start(local.port()).await?;
     let info = ServerInfo { url: url.clone(), pid: std::process::id(), started_at: chrono::Utc::now() };
     write_private(&options.data_dir.join(SERVER_FILE), &serde_json::to_vec_pretty(&info)?)

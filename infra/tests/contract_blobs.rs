@@ -61,6 +61,7 @@ async fn suite(blobs: &dyn Blobs) {
     list_returns_more_than_a_page(blobs).await;
     delete_says_whether_there_was_a_blob(blobs).await;
     missing_blobs_are_not_found(blobs).await;
+    prefixes_of_keys_are_not_blobs(blobs).await;
     keys_cannot_reach_other_objects(blobs).await;
 }
 
@@ -232,9 +233,7 @@ async fn missing_blobs_are_not_found(blobs: &dyn Blobs) {
 }
 
 /// A key that is only a prefix of other keys (a directory, to a file system), or that goes on
-/// below a blob's key, names no blob. Not in [`suite`] yet: `LocalBlobs` opens the directory on
-/// `get` (the read then fails with EISDIR), `delete` fails with EISDIR instead of answering
-/// `false`, and a key below a file fails with ENOTDIR instead of NotFound.
+/// below a blob's key, names no blob (a file system answers EISDIR and ENOTDIR there).
 async fn prefixes_of_keys_are_not_blobs(blobs: &dyn Blobs) {
     blobs.put_bytes(&key("dir/a/b"), Bytes::from_static(b"b")).await.expect("put");
     for missing in ["dir/a", "dir/a/b/c"] {
@@ -304,18 +303,9 @@ async fn local_blobs_pass_the_contract() {
     suite(&blobs).await;
 }
 
-#[tokio::test]
-#[ignore = "LocalBlobs: get/delete of a directory or of a key below a file answer EISDIR/ENOTDIR, not NotFound/false"]
-async fn local_blobs_treat_prefixes_of_keys_as_missing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let blobs = LocalBlobs::open(dir.path()).expect("open");
-    prefixes_of_keys_are_not_blobs(&blobs).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_blobs_on_the_emulator_pass_the_contract() {
     let emulator = StorageEmulator::start("devgem-contract").await.expect("start the Cloud Storage emulator");
     let blobs = GcsBlobs::connect(&emulator.config()).await.expect("connect");
     tokio::time::timeout(Duration::from_secs(300), suite(&blobs)).await.expect("the suite finishes in time");
-    prefixes_of_keys_are_not_blobs(&blobs).await;
 }

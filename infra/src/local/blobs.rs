@@ -28,8 +28,15 @@ impl LocalBlobs {
     }
 }
 
+/// Whether an error on a key's path means there is no blob there: nothing at all, a directory
+/// (the key is a prefix of other keys), or a file above it (the key lies below another blob's).
+fn is_missing(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::NotADirectory)
+}
+
 fn not_found(key: &BlobKey, e: std::io::Error) -> BlobError {
-    if e.kind() == std::io::ErrorKind::NotFound { BlobError::NotFound(key.to_string()) } else { BlobError::Io(e) }
+    if is_missing(&e) { BlobError::NotFound(key.to_string()) } else { BlobError::Io(e) }
 }
 
 fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<BlobMeta>) -> std::io::Result<()> {
@@ -95,6 +102,10 @@ impl Blobs for LocalBlobs {
 
     async fn get(&self, key: &BlobKey) -> Result<ByteStream, BlobError> {
         let file = tokio::fs::File::open(self.path_of(key)).await.map_err(|e| not_found(key, e))?;
+        // A directory opens like a file; only reading it fails.
+        if !file.metadata().await.map_err(|e| not_found(key, e))?.is_file() {
+            return Err(BlobError::NotFound(key.to_string()));
+        }
         let stream = futures_util::stream::unfold(Some(file), |file| async move {
             let mut file = file?;
             let mut buf = vec![0u8; CHUNK];
@@ -126,7 +137,7 @@ impl Blobs for LocalBlobs {
     async fn delete(&self, key: &BlobKey) -> Result<bool, BlobError> {
         match tokio::fs::remove_file(self.path_of(key)).await {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(BlobError::Io(e)),
         }
     }
