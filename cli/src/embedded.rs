@@ -47,6 +47,9 @@ pub struct Embedded {
     pub brain: Option<Arc<dyn devgem_common::ports::brain::Brain>>,
     /// The monitor's thresholds (`DEVGEM_MONITOR_*`).
     pub monitor: devgem_monitor::MonitorSettings,
+    /// `devgem serve relay` only: the api service's URL (`DEVGEM_API_URL`), which the relay
+    /// forwards the UI's api requests to. `devgem up` serves the api itself.
+    pub api_url: Option<String>,
     /// How long a new revision may take to listen on its port (kept to rebuild the runtime).
     startup_timeout: Duration,
 }
@@ -201,6 +204,7 @@ impl Embedded {
             brain: None,
             monitor: Default::default(),
             pubsub: None,
+            api_url: None,
             startup_timeout,
         })
     }

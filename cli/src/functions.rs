@@ -70,11 +70,10 @@ impl Function {
                 devgem_deploy::router(devgem_deploy::AppState { ports, runtime, cancels: Default::default() })
             }
             Function::Monitor => devgem_monitor::router(devgem_monitor::AppState::new(ports, embedded.monitor.clone())),
-            Function::Relay => devgem_relay::router(devgem_relay::AppState::new(
-                ports,
-                embedded.identity.clone(),
-                devgem_relay::RelaySettings::default(),
-            )),
+            Function::Relay => devgem_relay::router(
+                devgem_relay::AppState::new(ports, embedded.identity.clone(), devgem_relay::RelaySettings::default())
+                    .with_api_url(embedded.api_url.clone()),
+            ),
             Function::Api => devgem_api::router(devgem_api::AppState {
                 ports,
                 identity: embedded.identity.clone(),

@@ -20,12 +20,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub async fn run(function: Function, data_dir: &Path, port: u16, once: bool) -> anyhow::Result<()> {
-    let embedded = Embedded::open(data_dir, false)?
+    let mut embedded = Embedded::open(data_dir, false)?
         .with_data_plane_from_env()
         .await?
         .with_brain_from_env()
         .await?
         .with_monitor_from_env()?;
+    embedded.api_url = std::env::var("DEVGEM_API_URL").ok().filter(|url| !url.trim().is_empty());
     if once {
         // The Cloud Run job form: one pass, its report on stdout, then exit.
         if function != Function::Janitor {
