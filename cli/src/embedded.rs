@@ -3,6 +3,9 @@
 use devgem_common::clock::{Clock, SystemClock};
 use devgem_common::identity::Identity;
 use devgem_common::ports::Ports;
+use devgem_common::ports::builder::Builder;
+use devgem_common::ports::runtime::Runtime;
+use devgem_common::ports::secrets::Secrets;
 use devgem_infra::gcp::pubsub::PubSubBus;
 use devgem_infra::local::builder::{Executor, LocalBuilder, executor_for};
 use devgem_infra::local::runtime::LocalRuntime;
@@ -41,6 +44,11 @@ pub struct Embedded {
     pub secrets: Arc<LocalSecrets>,
     pub builder: LocalBuilder,
     pub runtime: LocalRuntime,
+    /// What the functions build, run and keep secrets with: the local adapters above, or Cloud
+    /// Build, Cloud Run and Secret Manager ([`Embedded::with_control_plane`]).
+    pub builder_port: Arc<dyn Builder>,
+    pub runtime_port: Arc<dyn Runtime>,
+    pub secrets_port: Arc<dyn Secrets>,
     /// Where the analyze function fetches snapshots.
     pub work_dir: PathBuf,
     /// The chat's LLM (`DEVGEM_BRAIN`); `None`: the offline rules answer everything.
@@ -100,7 +108,7 @@ impl Embedded {
     pub async fn with_brain_from_env(mut self) -> Result<Self, OpenError> {
         let config = devgem_infra::brain::BrainConfig::from_env(|name| std::env::var(name).ok())?;
         let notices: devgem_infra::brain::OnNotice = Arc::new(devgem_chat::turn::notice);
-        self.brain = devgem_infra::brain::build(&config, self.secrets.as_ref(), Some(notices)).await?;
+        self.brain = devgem_infra::brain::build(&config, self.secrets_port.as_ref(), Some(notices)).await?;
         if let Some(brain) = &self.brain {
             tracing::info!(?brain, "the chat answers with an LLM where its rules do not");
         }
@@ -157,6 +165,8 @@ impl Embedded {
         self.identity = Identity::new(self.ports.store.clone(), self.ports.clock.clone());
         self.builder = local_builder(executor.clone(), &self.ports, &self.source);
         self.runtime = local_runtime(&self.data_dir, executor, &self.secrets, &self.ports, self.startup_timeout)?;
+        self.builder_port = Arc::new(self.builder.clone());
+        self.runtime_port = Arc::new(self.runtime.clone());
         Ok(())
     }
 
@@ -189,6 +199,7 @@ impl Embedded {
         let executor = Arc::new(executor_for(data_dir)?);
         let builder = local_builder(executor.clone(), &ports, &source);
         let runtime = local_runtime(data_dir, executor, &secrets, &ports, startup_timeout)?;
+        let secrets_port: Arc<dyn Secrets> = secrets.clone();
         let work_dir = data_dir.join("work");
         std::fs::create_dir_all(&work_dir).map_err(|source| OpenError::DataDir { path: work_dir.clone(), source })?;
         Ok(Self {
@@ -198,6 +209,9 @@ impl Embedded {
             identity,
             source,
             secrets,
+            builder_port: Arc::new(builder.clone()),
+            runtime_port: Arc::new(runtime.clone()),
+            secrets_port,
             builder,
             runtime,
             work_dir,

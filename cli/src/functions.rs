@@ -3,7 +3,6 @@
 
 use crate::embedded::Embedded;
 use axum::Router;
-use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Function {
@@ -48,8 +47,8 @@ impl Function {
         match self {
             Function::Chat => devgem_chat::router(devgem_chat::AppState {
                 ports,
-                secrets: embedded.secrets.clone(),
-                runtime: Arc::new(embedded.runtime.clone()),
+                secrets: embedded.secrets_port.clone(),
+                runtime: embedded.runtime_port.clone(),
                 source: embedded.source.clone(),
                 source_limits: Default::default(),
                 work_dir: embedded.work_dir.clone(),
@@ -63,10 +62,10 @@ impl Function {
                 cancels: Default::default(),
             }),
             Function::Build => {
-                devgem_build::router(devgem_build::AppState { ports, builder: Arc::new(embedded.builder.clone()) })
+                devgem_build::router(devgem_build::AppState { ports, builder: embedded.builder_port.clone() })
             }
             Function::Deploy => {
-                let runtime = Arc::new(embedded.runtime.clone());
+                let runtime = embedded.runtime_port.clone();
                 devgem_deploy::router(devgem_deploy::AppState { ports, runtime, cancels: Default::default() })
             }
             Function::Monitor => devgem_monitor::router(devgem_monitor::AppState::new(ports, embedded.monitor.clone())),
@@ -77,8 +76,8 @@ impl Function {
             Function::Api => devgem_api::router(devgem_api::AppState {
                 ports,
                 identity: embedded.identity.clone(),
-                secrets: embedded.secrets.clone(),
-                runtime: Arc::new(embedded.runtime.clone()),
+                secrets: embedded.secrets_port.clone(),
+                runtime: embedded.runtime_port.clone(),
                 chat_wait: devgem_api::CHAT_WAIT,
             }),
             Function::Janitor => devgem_janitor::router(janitor_state(embedded)),
@@ -91,8 +90,8 @@ impl Function {
 pub fn janitor_state(embedded: &Embedded) -> devgem_janitor::AppState {
     devgem_janitor::AppState {
         ports: embedded.ports.clone(),
-        runtime: Arc::new(embedded.runtime.clone()),
-        builder: Arc::new(embedded.builder.clone()),
+        runtime: embedded.runtime_port.clone(),
+        builder: embedded.builder_port.clone(),
         deadlines: devgem_janitor::Deadlines::from_env(),
         keep_revisions: 3,
     }
