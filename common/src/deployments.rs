@@ -11,6 +11,7 @@ use crate::ids::{CorrelationId, DeploymentId, EnvVarName, ServiceName, SessionId
 use crate::model::deployment::{Deployment, NewDeployment};
 use crate::ports::Ports;
 use crate::ports::bus::BusExt;
+use crate::ports::runtime::Runtime;
 use crate::ports::secrets::{SecretValue, Secrets};
 use crate::ports::source::{SourceLocation, SourceSpec};
 use crate::ports::store::{DocKey, NewEvent, SessionEventKind, StoreError, Write, to_data};
@@ -377,13 +378,17 @@ impl EnvChange {
     }
 }
 
-/// Deploys `base` again with `change` applied to its env, reporting in `session`: secrets go to
-/// the Secrets port, the other variables and secrets carry over. The one way the chat's
-/// `set_env` and `POST /api/deployments/{id}/env` change env.
+/// Deploys `deployment` again with `change` applied to its env, reporting in `session`: secrets
+/// go to the Secrets port, the other variables and secrets carry over. The change goes on top of
+/// the env as it runs ([`env_view`]), so an edit made outside DevGem is not undone; when that
+/// cannot be read, nothing is deployed. The one way the chat's `set_env` and
+/// `POST /api/deployments/{id}/env` change env.
+#[allow(clippy::too_many_arguments)]
 pub async fn change_env(
     ports: &Ports,
     secrets: &dyn Secrets,
-    base: &Deployment,
+    runtime: &dyn Runtime,
+    deployment: &Deployment,
     change: EnvChange,
     session: &SessionId,
     correlation_id: CorrelationId,
@@ -394,6 +399,15 @@ pub async fn change_env(
             "nothing to change: set, store as secret or unset at least one variable".into(),
         ));
     }
+    let view = env_view(ports, secrets, runtime, deployment).await;
+    if !view.complete() {
+        return Err(StartError::Unavailable(format!(
+            "the env cannot be checked for changes made outside DevGem right now ({}), and changing it \
+             could undo them; try again in a moment",
+            view.sync.notes.join("; ")
+        )));
+    }
+    let base = &view.rebase(deployment);
     let mut seen = std::collections::BTreeSet::new();
     for name in change.set.keys().chain(change.secrets.keys()).chain(&change.unset) {
         EnvVarName::parse(name).map_err(|e| StartError::Invalid(e.to_string()))?;
@@ -426,6 +440,8 @@ pub async fn change_env(
 }
 
 /// An env variable as a user may see it: a secret's value is never shown, only its version.
+/// The fields after `version` say what changed outside DevGem ([`env_view`]); they are left out
+/// of the JSON when nothing did, so the stored view reads as it always has.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EnvVar {
     pub name: String,
@@ -435,26 +451,48 @@ pub struct EnvVar {
     /// The secret's version in the Secrets port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// The secret's newest enabled version, when it is newer than `version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_version: Option<u32>,
+    /// The variable is not as DevGem deployed it, because of a change made outside DevGem.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub changed_outside: bool,
+    /// What changed outside DevGem, when `changed_outside`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside: Option<OutsideChange>,
+    /// What DevGem deployed, when the service now runs with another value (`outside: "value"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<Deployed>,
+}
+
+impl EnvVar {
+    /// A variable as it is, nothing changed outside.
+    fn new(name: &str, value: &crate::ports::runtime::EnvValue) -> Self {
+        use crate::ports::runtime::EnvValue;
+        let (value, secret, version) = match value {
+            EnvValue::Plain(value) => (Some(value.clone()), false, None),
+            EnvValue::Secret(reference) => (None, true, Some(reference.version)),
+        };
+        Self {
+            name: name.to_owned(),
+            value,
+            secret,
+            version,
+            latest_version: None,
+            changed_outside: false,
+            outside: None,
+            deployed: None,
+        }
+    }
 }
 
 /// The variables `d` runs with, by name; secrets without their values.
 pub fn env_vars(d: &Deployment) -> Vec<EnvVar> {
-    let plain = d.env.iter().map(|(name, value)| EnvVar {
-        name: name.clone(),
-        value: Some(value.clone()),
-        secret: false,
-        version: None,
-    });
-    let secret = d.secret_env.iter().filter(|(name, _)| !d.env.contains_key(*name)).map(|(name, reference)| EnvVar {
-        name: name.clone(),
-        value: None,
-        secret: true,
-        version: Some(reference.version),
-    });
-    let mut vars: Vec<EnvVar> = plain.chain(secret).collect();
-    vars.sort_by(|a, b| a.name.cmp(&b.name));
-    vars
+    deployed_env(d).iter().map(|(name, value)| EnvVar::new(name, value)).collect()
 }
+
+mod env_sync;
+pub use env_sync::{Deployed, EnvSync, EnvView, Outside, OutsideChange, SyncState, deployed_env, env_view, synced_env};
 
 /// One line of a revision's output.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -469,7 +507,7 @@ pub struct LogLine {
 /// The last `limit` log entries of `owner`'s `service` (of one revision, if given), oldest first,
 /// as lines of text; entries without text (request logs) are left out.
 pub async fn log_lines(
-    runtime: &dyn crate::ports::runtime::Runtime,
+    runtime: &dyn Runtime,
     owner: &UserId,
     service: &ServiceName,
     revision: Option<&str>,

@@ -234,18 +234,25 @@ pub struct Env {
     service: devgem_common::ids::ServiceName,
     /// Every variable by name; a secret's value is never returned.
     vars: Vec<devgem_common::deployments::EnvVar>,
+    /// What was checked against the runtime and the Secrets port, and what could not be.
+    sync: devgem_common::deployments::EnvSync,
 }
 
 /// `GET /api/deployments/{id}/env`: the variables the deployment runs with (and a `POST` to the
-/// same path starts from); secrets as `{"value": null, "secret": true}`.
+/// same path starts from); secrets as `{"value": null, "secret": true}`. Changes made outside
+/// DevGem are shown (`changed_outside`): a newer secret version, and for the deployment serving
+/// its service the env as the runtime has it. When those cannot be read, the stored view is
+/// answered with `sync` saying so.
 pub async fn deployment_env(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Env>, ApiError> {
     let deployment = caller_deployment(&state, &caller, &id).await?;
-    let vars = devgem_common::deployments::env_vars(&deployment);
-    Ok(Json(Env { deployment_id: deployment.id, service: deployment.service, vars }))
+    let view =
+        devgem_common::deployments::env_view(&state.ports, state.secrets.as_ref(), state.runtime.as_ref(), &deployment)
+            .await;
+    Ok(Json(Env { deployment_id: deployment.id, service: deployment.service, vars: view.vars, sync: view.sync }))
 }
 
 /// The body of `POST /api/deployments/{id}/env`.
@@ -285,9 +292,17 @@ pub async fn change_deployment_env(
     let deployment = caller_deployment(&state, &caller, &id).await?;
     let session = session.unwrap_or_else(|| deployment.session_id.clone());
     let correlation_id = correlation.map(|c| c.0).unwrap_or_else(devgem_common::ids::CorrelationId::generate);
-    let changed =
-        change_env(&state.ports, state.secrets.as_ref(), &deployment, change, &session, correlation_id, crate::NAME)
-            .await;
+    let changed = change_env(
+        &state.ports,
+        state.secrets.as_ref(),
+        state.runtime.as_ref(),
+        &deployment,
+        change,
+        &session,
+        correlation_id,
+        crate::NAME,
+    )
+    .await;
     start_answer(changed, StatusCode::ACCEPTED)
 }
 

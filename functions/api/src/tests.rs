@@ -18,11 +18,18 @@ use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use tower::ServiceExt;
 
-/// A runtime that only has logs: the lines given, per revision, and the last limit asked for.
+/// A live env as the fake runtime answers it: the env, or the error's message.
+type LiveEnv =
+    Result<std::collections::BTreeMap<devgem_common::ids::EnvVarName, devgem_common::ports::runtime::EnvValue>, String>;
+
+/// A runtime that only has logs: the lines given, per revision, and the last limit asked for;
+/// and, when set, the service's env as it runs (`live_env`; `None`: the default, no env of its
+/// own).
 #[derive(Debug, Default)]
 struct FakeRuntime {
     lines: Mutex<Vec<LogEntry>>,
     asked: Mutex<Option<usize>>,
+    live: Mutex<Option<LiveEnv>>,
 }
 
 impl FakeRuntime {
@@ -67,6 +74,20 @@ impl Runtime for FakeRuntime {
     }
     async fn delete_revision(&self, _: &UserId, _: &ServiceName, _: &str) -> Result<(), RuntimeError> {
         Ok(())
+    }
+    async fn live_env(
+        &self,
+        _: &UserId,
+        _: &ServiceName,
+    ) -> Result<
+        Option<std::collections::BTreeMap<devgem_common::ids::EnvVarName, devgem_common::ports::runtime::EnvValue>>,
+        RuntimeError,
+    > {
+        match self.live.lock().expect("lock").clone() {
+            None => Ok(None),
+            Some(Ok(env)) => Ok(Some(env)),
+            Some(Err(message)) => Err(RuntimeError::Unavailable(message)),
+        }
     }
 }
 
@@ -805,4 +826,136 @@ async fn a_deployment_rolls_its_service_back() {
     let bob = user(&f, "bob").await;
     let (status, _) = call(&f.state, "POST", &uri, Some(&bob), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Makes `deployment`'s revision the one serving its service.
+async fn serve(state: &AppState, deployment: &Deployment) {
+    use devgem_common::model::service::{Revision, Service};
+    let revision = deployment.revision.clone().expect("a revision");
+    let mut service = Service::new(deployment.owner.clone(), deployment.service.clone());
+    let entry = Revision {
+        name: revision.clone(),
+        deployment_id: deployment.id.clone(),
+        image: "img".into(),
+        created_at: Utc::now(),
+    };
+    service.add_revision(entry).expect("new");
+    service.route_to(&revision).expect("known");
+    let key = DocKey::new("services", Service::doc_id(&deployment.owner, &service.name)).expect("key");
+    state.ports.store.create(key, deployment.owner.clone(), &service).await.expect("service");
+}
+
+#[tokio::test]
+async fn env_shows_what_changed_outside_devgem_and_a_change_keeps_it() {
+    use devgem_common::ids::EnvVarName;
+    use devgem_common::ports::runtime::EnvValue;
+    use devgem_common::ports::secrets::SecretValue;
+    let f = fixture().await;
+    let token = Some(f.admin_token.as_str());
+    let api_key = f.state.secrets.put("admin--web--API_KEY", SecretValue::new("first-key")).await.expect("put");
+    let live = seed(&f.state, "admin", "web", |d| {
+        d.state = DeploymentState::Live;
+        d.revision = Some("web-1".into());
+        d.env.insert("MODE".into(), "fast".into());
+        d.env.insert("GONE".into(), "1".into());
+        d.secret_env.insert("API_KEY".into(), api_key.clone());
+    })
+    .await;
+    serve(&f.state, &live).await;
+    let uri = format!("/api/deployments/{}/env", live.id);
+
+    // Nothing changed yet: the stored view, checked.
+    let (status, body) = call(&f.state, "GET", &uri, token, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["vars"],
+        json!([
+            {"name": "API_KEY", "value": null, "secret": true, "version": 1},
+            {"name": "GONE", "value": "1", "secret": false},
+            {"name": "MODE", "value": "fast", "secret": false},
+        ])
+    );
+    assert_eq!(body["sync"]["secrets"], "compared");
+    assert_eq!(body["sync"]["live_env"], "not_compared", "the runtime keeps no env of its own yet: {body}");
+
+    // Outside DevGem: a new version of the secret, and the service's env edited on the runtime.
+    let rotated = f.state.secrets.put("admin--web--API_KEY", SecretValue::new("rotated-key")).await.expect("put");
+    assert_eq!(rotated.version, 2);
+    let name = |n: &str| EnvVarName::parse(n).expect("name");
+    let outside = [
+        (name("API_KEY"), EnvValue::Secret(api_key.clone())),
+        (name("MODE"), EnvValue::Plain("slow".into())),
+        (name("EXTRA"), EnvValue::Plain("added by hand".into())),
+    ];
+    *f.runtime.live.lock().expect("lock") = Some(Ok(outside.into_iter().collect()));
+    let (status, body) = call(&f.state, "GET", &uri, token, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["vars"],
+        json!([
+            {"name": "API_KEY", "value": null, "secret": true, "version": 1, "latest_version": 2,
+             "changed_outside": true, "outside": "new_secret_version"},
+            {"name": "EXTRA", "value": "added by hand", "secret": false, "changed_outside": true, "outside": "added"},
+            {"name": "GONE", "value": "1", "secret": false, "changed_outside": true, "outside": "removed"},
+            {"name": "MODE", "value": "slow", "secret": false, "changed_outside": true, "outside": "value",
+             "deployed": {"value": "fast", "secret": false}},
+        ])
+    );
+    assert_eq!(
+        (body["sync"]["live_env"].as_str(), body["sync"]["secrets"].as_str()),
+        (Some("compared"), Some("compared"))
+    );
+    assert!(!body.to_string().contains("-key"), "no secret value is returned: {body}");
+
+    // A change starts from what runs: the edits made outside are kept, the new version pinned.
+    let (status, started) = call(&f.state, "POST", &uri, token, Some(json!({"set": {"DEBUG": "1"}}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let next = started["deployment_id"].as_str().expect("id").to_owned();
+    let (_, body) = call(&f.state, "GET", &format!("/api/deployments/{next}/env"), token, None).await;
+    assert_eq!(
+        body["vars"],
+        json!([
+            {"name": "API_KEY", "value": null, "secret": true, "version": 2},
+            {"name": "DEBUG", "value": "1", "secret": false},
+            {"name": "EXTRA", "value": "added by hand", "secret": false},
+            {"name": "MODE", "value": "slow", "secret": false},
+        ]),
+        "not deployed yet, so its stored env, which carries the outside edits"
+    );
+    assert_eq!(body["sync"]["live_env"], "not_compared");
+    assert!(body["sync"]["notes"][0].as_str().unwrap_or("").contains("has not run a revision"), "{body}");
+    let (_, stored) = call(&f.state, "GET", &format!("/api/deployments/{next}"), token, None).await;
+    assert_eq!(stored["secret_env"]["API_KEY"]["version"], 2);
+
+    // The secret version the new deployment pins is DevGem's own: for the serving one it is
+    // newer, not changed outside.
+    let (_, body) = call(&f.state, "GET", &uri, token, None).await;
+    assert_eq!(
+        body["vars"][0],
+        json!({"name": "API_KEY", "value": null, "secret": true, "version": 1, "latest_version": 2})
+    );
+
+    // An older deployment of the service is not compared with what the serving one runs.
+    let older = seed(&f.state, "admin", "web", |d| {
+        d.revision = Some("web-0".into());
+        d.env.insert("MODE".into(), "old".into());
+    })
+    .await;
+    let (_, body) = call(&f.state, "GET", &format!("/api/deployments/{}/env", older.id), token, None).await;
+    assert_eq!(body["vars"], json!([{"name": "MODE", "value": "old", "secret": false}]));
+    assert_eq!(body["sync"]["live_env"], "not_compared");
+    assert!(body["sync"]["notes"][0].as_str().unwrap_or("").contains("serves revision web-1"), "{body}");
+
+    // The runtime cannot be asked: the stored view with a note, and no change deployed blind.
+    *f.runtime.live.lock().expect("lock") = Some(Err("Cloud Run is down".into()));
+    let (status, body) = call(&f.state, "GET", &uri, token, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sync"]["live_env"], "unavailable");
+    assert!(body["sync"]["notes"][0].as_str().unwrap_or("").contains("showing what DevGem deployed"), "{body}");
+    assert_eq!(body["vars"][2], json!({"name": "MODE", "value": "fast", "secret": false}), "as stored");
+    let (status, refused) = call(&f.state, "POST", &uri, token, Some(json!({"set": {"DEBUG": "2"}}))).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    assert!(message(&refused).contains("changes made outside DevGem"), "{refused}");
+    let (_, all) = call(&f.state, "GET", "/api/deployments", token, None).await;
+    assert_eq!(all.as_array().map(Vec::len), Some(3), "the served one, its change and the older one: nothing more");
 }

@@ -10,7 +10,7 @@ use devgem_common::handler::HandlerError;
 use devgem_common::ids::DeploymentId;
 use devgem_common::ledger::{LedgerError, Once, recorded, run_once};
 use devgem_common::model::deployment::{Deployment, DeploymentState, FailureCause, Stage, StageStatus};
-use devgem_common::ports::builder::{BuildRequest, BuilderError};
+use devgem_common::ports::builder::{BuildRequest, BuilderError, log_blob_key};
 use devgem_common::ports::bus::BusExt;
 use devgem_common::ports::source::SourceSpec;
 use devgem_common::ports::store::{NewEvent, SessionEventKind, Store};
@@ -201,6 +201,7 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
     let started = notification.build.start_time.unwrap_or_else(now);
     deployment.build_started(&notification.build_id, started);
     if notification.status.is_final() {
+        keep_log(state, &notification.build_id).await;
         let finished = notification.build.finish_time.unwrap_or_else(now);
         deployment.build_finished(&notification.build_id, started, finished, notification.status.as_str());
     }
@@ -278,6 +279,34 @@ pub async fn on_cloud_build(state: &AppState, notification: CloudBuildNotificati
     }
 }
 
+/// Makes sure a finished build's whole log is in Blobs ([`log_blob_key`]), where the failure's
+/// cause and the api's `build_log` read it: the local builder leaves it there itself; Cloud
+/// Build's log is in Cloud Logging, read through the builder. Best effort: without it the
+/// failure message has no log lines, nothing else changes.
+async fn keep_log(state: &AppState, build_id: &str) {
+    use devgem_common::ports::blobs::BlobsExt as _;
+    let Some(key) = log_blob_key(build_id) else { return };
+    match state.ports.blobs.get(&key).await {
+        Ok(_) => return,
+        Err(e) if e.is_not_found() => {}
+        Err(e) => {
+            tracing::warn!(build_id, error = %e, "cannot check for the build's log in Blobs");
+            return;
+        }
+    }
+    match state.builder.log_lines(build_id, 0).await {
+        Ok(lines) if !lines.is_empty() => {
+            let mut text = lines.join("\n");
+            text.push('\n');
+            if let Err(e) = state.ports.blobs.put_bytes(&key, bytes::Bytes::from(text)).await {
+                tracing::warn!(build_id, error = %e, "cannot keep the build's log in Blobs");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(build_id, error = %e, "cannot read the build's log from the builder"),
+    }
+}
+
 async fn log_tail(state: &AppState, build_id: &str) -> Vec<String> {
     devgem_common::deployments::build_log_tail(state.ports.blobs.as_ref(), build_id, LOG_TAIL).await
 }
@@ -324,4 +353,63 @@ pub async fn on_control(state: &AppState, event: devgem_common::events::ControlE
     }
     timeline::abort(store, &mut deployment, version, state.ports.clock.now()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devgem_common::clock::{Clock, SystemClock};
+    use devgem_common::ports::Ports;
+    use devgem_common::ports::blobs::BlobsExt as _;
+    use devgem_common::ports::builder::{BuildHandle, Builder};
+    use devgem_infra::local::{LocalBlobs, LocalBus, LocalStore};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A builder whose log lives elsewhere (as Cloud Build's does in Cloud Logging).
+    #[derive(Debug, Default)]
+    struct RemoteLog {
+        reads: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Builder for RemoteLog {
+        async fn submit(&self, _: BuildRequest) -> Result<BuildHandle, BuilderError> {
+            Err(BuilderError::Refused("not in this test".into()))
+        }
+        async fn cancel(&self, _: &str) -> Result<(), BuilderError> {
+            Ok(())
+        }
+        async fn delete_build(&self, _: &str) -> Result<bool, BuilderError> {
+            Ok(false)
+        }
+        async fn log_lines(&self, _: &str, from: usize) -> Result<Vec<String>, BuilderError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let lines = ["Step 1/2 : FROM python:3.12", "error: no module named flask"];
+            Ok(lines.iter().skip(from).map(|l| (*l).to_owned()).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_builds_log_is_kept_in_blobs_once_when_the_builder_did_not_leave_it_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = Arc::new(LocalStore::open(&dir.path().join("store.db"), clock.clone()).expect("store"));
+        let bus = Arc::new(LocalBus::open(&dir.path().join("bus.db"), clock.clone()).expect("bus"));
+        let blobs = Arc::new(LocalBlobs::open(&dir.path().join("blobs")).expect("blobs"));
+        let builder = Arc::new(RemoteLog::default());
+        let state = AppState { ports: Ports { store, bus, blobs, clock }, builder: builder.clone() };
+
+        keep_log(&state, "b-1").await;
+        assert_eq!(log_tail(&state, "b-1").await, ["Step 1/2 : FROM python:3.12", "error: no module named flask"]);
+        keep_log(&state, "b-1").await;
+        assert_eq!(builder.reads.load(Ordering::SeqCst), 1, "a log already in Blobs is not read again");
+
+        // A builder that leaves its own log (the local one) keeps it as it is.
+        let key = log_blob_key("b-2").expect("key");
+        state.ports.blobs.put_bytes(&key, bytes::Bytes::from_static(b"local line\n")).await.expect("put");
+        keep_log(&state, "b-2").await;
+        assert_eq!(log_tail(&state, "b-2").await, ["local line"]);
+        assert_eq!(builder.reads.load(Ordering::SeqCst), 1);
+    }
 }

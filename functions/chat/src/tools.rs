@@ -323,6 +323,7 @@ async fn set_env(caller: Caller<'_>, a: EnvArgs) -> Result<Outcome, HandlerError
     let changed = change_env(
         &state.ports,
         state.secrets.as_ref(),
+        state.runtime.as_ref(),
         latest,
         change,
         &caller.turn.session_id,

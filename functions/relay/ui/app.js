@@ -1174,12 +1174,47 @@ async function loadEnv() {
   }
   if (app.panel?.id !== id) return;
   const vars = Array.isArray(body?.vars) ? body.vars : Array.isArray(body) ? body : [];
-  app.panel.env = vars.map((v) => ({ name: String(v.name ?? ""), value: v.secret ? null : v.value ?? "", secret: Boolean(v.secret), isNew: false }));
+  app.panel.env = vars.map((v) => ({
+    name: String(v.name ?? ""),
+    value: v.secret ? null : v.value ?? "",
+    secret: Boolean(v.secret),
+    isNew: false,
+    note: outsideNote(v),
+    outside: v.changed_outside ? String(v.outside ?? "") : "",
+  }));
   app.panel.added = [];
   app.panel.removed = new Set();
   renderEnv();
-  if (!app.panel.keepStatus) $("env-status").textContent = vars.length ? "" : "No variables set.";
+  if (!app.panel.keepStatus) $("env-status").textContent = vars.length ? syncStatus(body?.sync, vars) : "No variables set.";
   app.panel.keepStatus = false;
+}
+
+// What changed outside DevGem (the Cloud Run console, `gcloud secrets versions add`), in words.
+function outsideNote(v) {
+  const version = (n) => `v${Number(n)}`;
+  switch (v.changed_outside ? v.outside : "") {
+    case "new_secret_version":
+      return `A newer version (${version(v.latest_version)}) was added outside DevGem; the service runs ${version(v.version)} until it is deployed again, and saving deploys ${version(v.latest_version)}.`;
+    case "value": {
+      const d = v.deployed ?? {};
+      const was = d.secret ? `a secret (${version(d.version)})` : JSON.stringify(String(d.value ?? ""));
+      return `Changed outside DevGem (DevGem deployed ${was}); saving keeps what the service runs now.`;
+    }
+    case "added":
+      return "Added outside DevGem; saving keeps it.";
+    case "removed":
+      return "Removed outside DevGem; saving leaves it out.";
+    default:
+      return v.latest_version ? `A later DevGem deployment stored a newer version (${version(v.latest_version)}).` : "";
+  }
+}
+
+// The panel's status line: what could not be checked, or that some variables changed outside.
+function syncStatus(sync, vars) {
+  if (sync && (sync.live_env === "unavailable" || sync.secrets === "unavailable")) {
+    return (Array.isArray(sync.notes) ? sync.notes : []).join("; ") || "Changes made outside DevGem could not be checked.";
+  }
+  return vars.some((v) => v.changed_outside) ? "Some variables were changed outside DevGem (hover them for what); saving keeps those changes." : "";
 }
 
 function renderEnv() {
@@ -1187,7 +1222,8 @@ function renderEnv() {
   rows.replaceChildren();
   for (const v of [...app.panel.env, ...app.panel.added]) {
     const removed = app.panel.removed.has(v.name);
-    const row = el("div", { class: `env-row${removed ? " removed" : ""}${v.isNew ? " added" : ""}`, "data-testid": "env-row", "data-name": v.name, "data-secret": String(v.secret) });
+    const row = el("div", { class: `env-row${removed ? " removed" : ""}${v.isNew ? " added" : ""}`, "data-testid": "env-row", "data-name": v.name, "data-secret": String(v.secret), "data-outside": v.outside || "" });
+    if (v.note) row.title = v.note;
     const name = el("span", { class: "env-name mono", text: v.name });
     let field;
     if (v.secret) {
@@ -1201,8 +1237,13 @@ function renderEnv() {
       field.addEventListener("input", () => (v.pending = field.value));
     }
     field.disabled = removed;
-    const tag = v.secret ? el("span", { class: "secret-tag", title: "Secret: the value is stored and never shown", text: v.isNew ? "secret" : "••• set" }) : el("span", { class: "plain-tag", text: v.isNew ? "new" : "" });
+    const outsideMark = v.outside ? " ↻" : "";
+    const tag = v.secret
+      ? el("span", { class: "secret-tag", title: v.note || "Secret: the value is stored and never shown", text: v.isNew ? "secret" : `••• set${outsideMark}` })
+      : el("span", { class: "plain-tag", title: v.note || "", text: v.isNew ? "new" : v.outside ? "outside" : "" });
     const remove = el("button", { class: "button ghost small", type: "button", text: removed ? "Undo" : "Remove", "aria-label": `${removed ? "Keep" : "Remove"} ${v.name}` });
+    // Already gone from the service: there is nothing to unset.
+    if (v.outside === "removed") remove.disabled = true;
     remove.addEventListener("click", () => {
       if (v.isNew) app.panel.added = app.panel.added.filter((a) => a !== v);
       else if (removed) app.panel.removed.delete(v.name);

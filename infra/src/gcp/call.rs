@@ -71,13 +71,28 @@ impl Api {
                     return Ok(value);
                 }
                 Err(error) => {
-                    trial.failed(&error);
+                    trial.failed(&AsOutage(&error));
                     if tries >= self.retry.attempts || !RetryPolicy::retries(&error) {
                         return Err(CallError::Failed(error));
                     }
                     tokio::time::sleep(self.retry.delay(tries)).await;
                 }
             }
+        }
+    }
+}
+
+/// How a GCP failure counts for the breaker: a quota answer (429, resource exhausted) is backed
+/// off from and retried, and counts like an outage. The LLM chain's breaker opens at once on
+/// one instead, because it has another provider to go to; a GCP API has no other.
+struct AsOutage<'a, E>(&'a E);
+
+impl<E: Classify> Classify for AsOutage<'_, E> {
+    fn failure(&self) -> crate::resilience::Failure {
+        use crate::resilience::Failure;
+        match self.0.failure() {
+            Failure::SlowDown => Failure::Down,
+            other => other,
         }
     }
 }
@@ -122,6 +137,21 @@ mod tests {
             .await;
         assert!(matches!(result, Err(CallError::Failed(Fails(Failure::Refused)))));
         assert_eq!(calls.load(Ordering::SeqCst), 1, "a refusal is not retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quota_answer_is_backed_off_from_and_retried_without_opening_the_breaker() {
+        let api = Api::new("Cloud Run");
+        let calls = AtomicU32::new(0);
+        let result = api
+            .call(|| async {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                if n < 3 { Err(Fails(Failure::SlowDown)) } else { Ok(n) }
+            })
+            .await;
+        assert_eq!(result.ok(), Some(3), "three 429s, then the call goes through");
+        let next = api.call(|| async { Ok::<_, Fails>(7) }).await;
+        assert_eq!(next.ok(), Some(7), "the breaker stayed closed");
     }
 
     #[tokio::test(start_paused = true)]

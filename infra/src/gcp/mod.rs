@@ -8,11 +8,14 @@
 //! transient errors and one circuit breaker per API.
 
 pub mod call;
+pub mod cloudbuild;
 pub mod config;
 pub mod emulators;
 pub mod firestore;
+pub mod logging;
 pub mod oidc;
 pub mod pubsub;
+pub mod secretmanager;
 pub mod storage;
 
 pub use config::GcpConfig;

@@ -8,8 +8,11 @@
 //! The emulators are installed by `scripts/install-tools.sh`. When one is missing, starting it
 //! fails with an error that says so: tests that need an emulator fail, they never skip.
 
+pub mod cloudbuild;
 pub mod firestore;
+pub mod logging;
 pub mod pubsub;
+pub mod secretmanager;
 pub mod standin;
 pub mod storage;
 
