@@ -128,6 +128,19 @@ resource "google_service_account_iam_member" "build_acts_as_user_builds" {
 }
 
 # deploy creates users' services running as apps (and only as that account).
+#
+# Per-user identities (the Cloud Run adapter's AppIdentity::PerUser, used when
+# DEVGEM_APP_SERVICE_ACCOUNT is not set: an account dg-u-<hash> per user, reading only the
+# secrets of its own env) are not granted here. deploy would need:
+#   - roles/iam.serviceAccountCreator on the project, to create the accounts;
+#   - iam.serviceAccounts.actAs on each account it creates. They are created at run time, so only
+#     a project-wide roles/iam.serviceAccountUser could grant it, and that would let deploy run
+#     code as any DevGem function's account (IAM conditions cannot narrow it: service accounts
+#     have no resource attributes). The check forbids it, rightly;
+#   - secretmanager.secrets.getIamPolicy and setIamPolicy on users' secrets, to let each account
+#     read its own (a custom role bound with a condition on the secrets' names).
+# Per-user identities belong in a project of their own for users' accounts, where deploy can hold
+# serviceAccountCreator and serviceAccountUser without reaching DevGem's own accounts.
 resource "google_service_account_iam_member" "deploy_acts_as_apps" {
   service_account_id = google_service_account.apps.name
   role               = "roles/iam.serviceAccountUser"

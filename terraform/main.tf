@@ -60,6 +60,10 @@ locals {
       timeout       = "300s"
       concurrency   = 40
     }
+    # deploy runs infra/src/gcp/cloudrun.rs. run.admin rather than run.developer: making a user's
+    # service public is run.services.setIamPolicy, which run.developer lacks, and run.admin is the
+    # least predefined role that has it. logging.viewer: a failed revision's last log lines, which
+    # the repairs read.
     deploy = {
       kind          = "service"
       public        = false
@@ -183,7 +187,10 @@ locals {
       DEVGEM_BUILD_SERVICE_ACCOUNT = google_service_account.user_builds.email
     }
     deploy = {
-      # The identity users' services run as, and the prefix of their names.
+      # The identity users' services run as, and the prefix of their names. Setting
+      # DEVGEM_APP_SERVICE_ACCOUNT selects the Cloud Run adapter's shared identity; without it
+      # the adapter makes an account per user, which this configuration does not grant (iam.tf,
+      # "Per-user identities").
       DEVGEM_APP_SERVICE_ACCOUNT = google_service_account.apps.email
       DEVGEM_SERVICE_PREFIX      = var.user_service_prefix
     }

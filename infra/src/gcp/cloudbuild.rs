@@ -313,10 +313,11 @@ impl CloudBuilder {
                 )));
             }
         };
-        if !url.starts_with("https://") || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(BuilderError::Refused(format!(
-                "{url:?} is not an https git URL; Cloud Build clones https only"
-            )));
+        // Which hosts may be fetched is the source policy's decision (https, or http for hosts
+        // the operator allowed), made before the analysis; here only URLs git can clone pass.
+        let web = url.starts_with("https://") || url.starts_with("http://");
+        if !web || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(BuilderError::Refused(format!("{url:?} is not an https git URL; Cloud Build clones those")));
         }
         let git_ref = request.source.git_ref.as_deref().map(str::trim).filter(|r| !r.is_empty());
         if let Some(git_ref) = git_ref

@@ -9,7 +9,9 @@
 //! fails with an error that says so: tests that need an emulator fail, they never skip.
 
 pub mod cloudbuild;
+pub mod cloudrun;
 pub mod firestore;
+pub mod iam;
 pub mod logging;
 pub mod pubsub;
 pub mod secretmanager;
