@@ -81,9 +81,38 @@ pub enum OpenError {
     #[error("the GCP data plane is misconfigured: {0}")]
     Gcp(#[from] devgem_infra::gcp::config::ConfigError),
     #[error("{name}={value:?} is not an adapter DevGem knows; use {expected}")]
-    Adapter { name: &'static str, value: String, expected: &'static str },
-    #[error("cannot start the local runtime: {0}")]
+    Adapter { name: &'static str, value: String, expected: String },
+    #[error("cannot start the runtime: {0}")]
     Runtime(#[from] devgem_common::ports::runtime::RuntimeError),
+    #[error(transparent)]
+    ControlPlane(#[from] ControlPlaneError),
+}
+
+/// A GCP control-plane client that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("cannot set up Cloud Build: {0}")]
+    Builder(devgem_common::ports::builder::BuilderError),
+    #[error("cannot set up Secret Manager: {0}")]
+    Secrets(devgem_common::ports::secrets::SecretsError),
+    #[error("cannot set up Cloud Logging: {0}")]
+    Logging(devgem_infra::gcp::logging::LoggingError),
+}
+
+/// The adapter `name` names (lowercased), the first of `options` when unset; any other value is
+/// refused with the choices.
+fn adapter<const N: usize>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    options: [&'static str; N],
+) -> Result<String, OpenError> {
+    let value = get(name).map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty());
+    let value = value.unwrap_or_else(|| options[0].to_owned());
+    if options.contains(&value.as_str()) {
+        Ok(value)
+    } else {
+        Err(OpenError::Adapter { name, value, expected: options.join(" or ") })
+    }
 }
 
 impl Embedded {
@@ -124,18 +153,9 @@ impl Embedded {
     }
 
     pub async fn with_data_plane(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Self, OpenError> {
-        let choice = |name: &'static str, default: &'static str, options: [&'static str; 2], expected| {
-            let value = get(name).map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty());
-            let value = value.unwrap_or_else(|| default.to_owned());
-            if options.contains(&value.as_str()) {
-                Ok(value)
-            } else {
-                Err(OpenError::Adapter { name, value, expected })
-            }
-        };
-        let store = choice("DEVGEM_STORE", "sqlite", ["sqlite", "firestore"], "sqlite or firestore")?;
-        let blobs = choice("DEVGEM_BLOBS", "files", ["files", "gcs"], "files or gcs")?;
-        let bus = choice("DEVGEM_BUS", "embedded", ["embedded", "pubsub"], "embedded or pubsub")?;
+        let store = adapter(&get, "DEVGEM_STORE", ["sqlite", "firestore"])?;
+        let blobs = adapter(&get, "DEVGEM_BLOBS", ["files", "gcs"])?;
+        let bus = adapter(&get, "DEVGEM_BUS", ["embedded", "pubsub"])?;
         if store == "sqlite" && blobs == "files" && bus == "embedded" {
             return Ok(self);
         }
@@ -156,6 +176,59 @@ impl Embedded {
         }
         self.rewire()?;
         tracing::info!(%store, %bus, %blobs, project = %config.project, "the data plane is on GCP");
+        Ok(self)
+    }
+
+    /// Puts builds, services and secrets on GCP when the environment says so:
+    /// `DEVGEM_BUILDER=cloudbuild`, `DEVGEM_RUNTIME=cloudrun` and `DEVGEM_SECRETS=secretmanager`
+    /// (default `local` each), with the names of [`devgem_infra::gcp::GcpConfig`]. Build logs and
+    /// services' logs are read from Cloud Logging. Call it after [`Embedded::with_data_plane`].
+    pub async fn with_control_plane_from_env(self) -> Result<Self, OpenError> {
+        self.with_control_plane(|name| std::env::var(name).ok()).await
+    }
+
+    pub async fn with_control_plane(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Self, OpenError> {
+        use devgem_infra::gcp::{cloudbuild, cloudrun, logging, secretmanager};
+        let builder = adapter(&get, "DEVGEM_BUILDER", ["local", "cloudbuild"])?;
+        let runtime = adapter(&get, "DEVGEM_RUNTIME", ["local", "cloudrun"])?;
+        let secrets = adapter(&get, "DEVGEM_SECRETS", ["local", "secretmanager"])?;
+        if builder == "local" && runtime == "local" && secrets == "local" {
+            return Ok(self);
+        }
+        let config = devgem_infra::gcp::GcpConfig::from_env(&get)?;
+        // One client for both readers: Cloud Logging's read quota is per project.
+        let logs = if builder == "cloudbuild" || runtime == "cloudrun" {
+            Some(Arc::new(logging::CloudLogging::connect(&config).await.map_err(ControlPlaneError::Logging)?))
+        } else {
+            None
+        };
+        if secrets == "secretmanager" {
+            let manager =
+                secretmanager::SecretManagerSecrets::connect(&config).await.map_err(ControlPlaneError::Secrets)?;
+            self.secrets_port = Arc::new(manager);
+        }
+        if builder == "cloudbuild"
+            && let Some(logs) = &logs
+        {
+            let cloud = cloudbuild::CloudBuilder::connect(&config, logs.clone())
+                .await
+                .map_err(ControlPlaneError::Builder)?
+                .with_blobs(self.ports.blobs.clone());
+            self.builder_port = Arc::new(cloud);
+        }
+        if runtime == "cloudrun"
+            && let Some(logs) = logs
+        {
+            let options = cloudrun::CloudRunOptions::default();
+            let grants = cloudrun::SecretManagerGrants::connect(&config, &options).await?;
+            let cloud = cloudrun::CloudRunRuntime::connect_with(&config, options)
+                .await?
+                .with_logs(logs)
+                .with_secret_grants(Arc::new(grants))
+                .with_identity(cloudrun::AppIdentity::from_config(&config));
+            self.runtime_port = Arc::new(cloud);
+        }
+        tracing::info!(%builder, %runtime, %secrets, project = %config.project, region = %config.region, "the control plane is on GCP");
         Ok(self)
     }
 

@@ -23,6 +23,8 @@ pub async fn run(function: Function, data_dir: &Path, port: u16, once: bool) -> 
     let mut embedded = Embedded::open(data_dir, false)?
         .with_data_plane_from_env()
         .await?
+        .with_control_plane_from_env()
+        .await?
         .with_brain_from_env()
         .await?
         .with_monitor_from_env()?;

@@ -29,7 +29,8 @@
 
 use crate::gcp::GcpConfig;
 use crate::gcp::call::{Api, CallError};
-use crate::gcp::logging::{CloudLogging, GoogleApiError, LoggingError};
+use crate::gcp::client::{GoogleApiError, configure, setup_error};
+use crate::gcp::logging::{CloudLogging, LoggingError};
 use crate::resilience::{Classify, Failure};
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -39,13 +40,11 @@ use devgem_common::ids::UserId;
 use devgem_common::ports::blobs::{Blobs, BlobsExt};
 use devgem_common::ports::builder::{BuildHandle, BuildRequest, Builder, BuilderError, log_blob_key};
 use devgem_common::ports::source::SourceLocation;
-use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use google_cloud_build_v1::client::CloudBuild;
 use google_cloud_build_v1::model::build_options::LoggingMode;
 use google_cloud_build_v1::model::{Build, BuildOperationMetadata, BuildOptions, BuildStep};
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::options::RequestOptionsBuilder;
-use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_longrunning::model::Operation;
 use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
@@ -252,26 +251,11 @@ impl CloudBuilder {
                 "GOOGLE_CLOUD_PROJECT is not set; set it to the GCP project id DevGem runs in".into(),
             ));
         }
-        // The client's own retries are off: every attempt goes through `Api`, whose breaker
-        // must see each one, and whose retries of CreateBuild check for a build first.
-        let mut builder = CloudBuild::builder().with_retry_policy(NeverRetry);
-        let endpoint = match &config.endpoints.cloud_build {
-            Some(endpoint) => {
-                builder = builder.with_endpoint(endpoint.clone()).with_credentials(Anonymous::new().build());
-                endpoint.clone()
-            }
-            None => "https://cloudbuild.googleapis.com".to_owned(),
-        };
-        let client = builder.build().await.map_err(|e| {
-            BuilderError::Unavailable(format!(
-                "cannot create the Cloud Build client: {e}; {}",
-                if config.endpoints.cloud_build.is_some() {
-                    "check DEVGEM_CLOUD_BUILD_ENDPOINT"
-                } else {
-                    "Application Default Credentials are needed: on GCP the service account's, elsewhere \
-                     `gcloud auth application-default login` or GOOGLE_APPLICATION_CREDENTIALS"
-                }
-            ))
+        // Retries of CreateBuild check for the build first (see the module docs).
+        let custom = config.endpoints.cloud_build.as_deref();
+        let endpoint = custom.unwrap_or("https://cloudbuild.googleapis.com").to_owned();
+        let client = configure(CloudBuild::builder(), custom).build().await.map_err(|e| {
+            BuilderError::Unavailable(setup_error("Cloud Build", "DEVGEM_CLOUD_BUILD_ENDPOINT", custom, &e))
         })?;
         Ok(Self {
             client,

@@ -68,6 +68,7 @@
 
 use super::GcpConfig;
 use super::call::{Api, CallError};
+use super::client::{GoogleApiError, configure, setup_error};
 use crate::resilience::{BreakerPolicy, Classify, Failure, RetryPolicy};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -75,10 +76,8 @@ use devgem_common::events::log_entry::LogEntry;
 use devgem_common::ids::{EnvVarName, ServiceName, UserId};
 use devgem_common::ports::runtime::{EnvValue, RevisionInfo, RevisionSpec, Runtime, RuntimeError};
 use devgem_common::ports::secrets::SecretRef;
-use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::options::RequestOptionsBuilder as _;
-use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_iam_admin_v1::client::Iam;
 use google_cloud_iam_admin_v1::model::ServiceAccount;
 use google_cloud_longrunning::model::Operation;
@@ -207,6 +206,22 @@ pub trait RevisionLogs: Send + Sync + fmt::Debug {
     -> Result<Vec<LogEntry>, RuntimeError>;
 }
 
+/// Cloud Logging is where Cloud Run's revisions log.
+#[async_trait]
+impl RevisionLogs for super::logging::CloudLogging {
+    async fn entries(
+        &self,
+        service: &str,
+        revision: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, RuntimeError> {
+        self.service_entries(service, revision, limit).await.map_err(|e| match e {
+            super::logging::LoggingError::Refused(m) => RuntimeError::Refused(format!("Cloud Logging: {m}")),
+            super::logging::LoggingError::Unavailable(m) => RuntimeError::Unavailable(format!("Cloud Logging: {m}")),
+        })
+    }
+}
+
 /// How a runtime account is let read one secret.
 #[async_trait]
 pub trait SecretGrants: Send + Sync + fmt::Debug {
@@ -215,82 +230,21 @@ pub trait SecretGrants: Send + Sync + fmt::Debug {
     async fn grant_accessor(&self, secret: &str, member: &str) -> Result<(), RuntimeError>;
 }
 
-/// A failed call of a Google API, classified for [`Api`].
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct GcpError(#[source] pub google_cloud_gax::error::Error);
-
-impl GcpError {
-    fn code(&self) -> Option<Code> {
-        self.0.status().map(|s| s.code)
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        self.code() == Some(Code::NotFound) || self.0.http_status_code() == Some(404)
-    }
-
-    /// 409: `ALREADY_EXISTS` or `ABORTED` (the resource changed since it was read).
-    pub fn is_conflict(&self) -> bool {
-        matches!(self.code(), Some(Code::AlreadyExists | Code::Aborted)) || self.0.http_status_code() == Some(409)
-    }
-}
-
-impl Classify for GcpError {
-    fn failure(&self) -> Failure {
-        classify(&self.0)
-    }
-}
-
-/// What a failed call says about the API: 429 slow down; 500/503/504, timeouts and connection
-/// errors down; everything else (400, 403, 404, 409, ...) refused, including 409, whose retry the
-/// operation decides (see the module docs).
-fn classify(error: &google_cloud_gax::error::Error) -> Failure {
-    if let Some(status) = error.status() {
-        return match status.code {
-            Code::ResourceExhausted => Failure::SlowDown,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown => Failure::Down,
-            _ => match error.http_status_code() {
-                Some(429) => Failure::SlowDown,
-                Some(code) if code >= 500 => Failure::Down,
-                _ => Failure::Refused,
-            },
-        };
-    }
-    match error.http_status_code() {
-        Some(429) => return Failure::SlowDown,
-        Some(408) => return Failure::Down,
-        Some(code) if code >= 500 => return Failure::Down,
-        Some(code) if code >= 400 => return Failure::Refused,
-        _ => {}
-    }
-    if error.is_timeout() || error.is_connect() || error.is_io() || error.is_transport() {
-        return Failure::Down;
-    }
-    if error.is_authentication() {
-        // Fetching a token can fail for a moment; a missing credential will not get better.
-        return if error.is_transient_and_before_rpc() { Failure::Down } else { Failure::Refused };
-    }
-    if error.is_serialization() || error.is_deserialization() || error.is_binding() {
-        return Failure::Refused;
-    }
-    Failure::Down
-}
-
 /// Runs `attempt` through `api` (its retries and breaker), with the error classified.
-async fn call_api<T, F, Fut>(api: &Api, mut attempt: F) -> Result<T, CallError<GcpError>>
+async fn call_api<T, F, Fut>(api: &Api, mut attempt: F) -> Result<T, CallError<GoogleApiError>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, google_cloud_gax::error::Error>>,
 {
     api.call(|| {
         let attempt = attempt();
-        async move { attempt.await.map_err(GcpError) }
+        async move { attempt.await.map_err(GoogleApiError) }
     })
     .await
 }
 
 /// The port's error for a failed call of `method` on `resource`.
-fn call_error(api: &str, method: &str, resource: &str, error: CallError<GcpError>) -> RuntimeError {
+fn call_error(api: &str, method: &str, resource: &str, error: CallError<GoogleApiError>) -> RuntimeError {
     match error {
         CallError::Open { .. } => RuntimeError::Unavailable(error.message()),
         CallError::Failed(e) if e.is_not_found() => RuntimeError::NotFound(resource.to_owned()),
@@ -472,11 +426,11 @@ pub struct SecretManagerGrants {
 impl SecretManagerGrants {
     /// The client on `config.endpoints.secret_manager` (anonymous) or Google's endpoint (ADC).
     pub async fn connect(config: &GcpConfig, options: &CloudRunOptions) -> Result<Self, RuntimeError> {
-        let mut builder = SecretManagerService::builder().with_retry_policy(NeverRetry);
-        if let Some(endpoint) = &config.endpoints.secret_manager {
-            builder = builder.with_endpoint(endpoint.clone()).with_credentials(Anonymous::new().build());
-        }
-        let client = builder.build().await.map_err(|e| client_error(SECRETS_API, &e))?;
+        let endpoint = config.endpoints.secret_manager.as_deref();
+        let client = configure(SecretManagerService::builder(), endpoint)
+            .build()
+            .await
+            .map_err(|e| client_error(SECRETS_API, "DEVGEM_SECRET_MANAGER_ENDPOINT", endpoint, &e))?;
         let api = Api::with_policies(SECRETS_API, options.breaker, options.retry);
         Ok(Self { client, api, options: options.clone() })
     }
@@ -506,11 +460,8 @@ impl SecretGrants for SecretManagerGrants {
     }
 }
 
-fn client_error(api: &str, error: &dyn fmt::Display) -> RuntimeError {
-    RuntimeError::Unavailable(format!(
-        "cannot create the {api} client: {error}; Application Default Credentials are needed (on GCP the \
-         service account's, elsewhere `gcloud auth application-default login`), or DEVGEM_*_ENDPOINT for a stand-in"
-    ))
+fn client_error(api: &str, endpoint_var: &str, endpoint: Option<&str>, error: &dyn fmt::Display) -> RuntimeError {
+    RuntimeError::Unavailable(setup_error(api, endpoint_var, endpoint, error))
 }
 
 /// A revision as [`CloudRunRuntime::revisions`] lists it.
@@ -705,19 +656,15 @@ impl CloudRunRuntime {
                 "the Cloud Run runtime needs GOOGLE_CLOUD_PROJECT and DEVGEM_REGION".into(),
             ));
         }
-        let mut services = Services::builder().with_retry_policy(NeverRetry);
-        let mut revisions = Revisions::builder().with_retry_policy(NeverRetry);
-        if let Some(endpoint) = &config.endpoints.cloud_run {
-            services = services.with_endpoint(endpoint.clone()).with_credentials(Anonymous::new().build());
-            revisions = revisions.with_endpoint(endpoint.clone()).with_credentials(Anonymous::new().build());
-        }
-        let mut iam = Iam::builder().with_retry_policy(NeverRetry);
-        if let Some(endpoint) = &config.endpoints.iam {
-            iam = iam.with_endpoint(endpoint.clone()).with_credentials(Anonymous::new().build());
-        }
-        let services = services.build().await.map_err(|e| client_error(RUN_API, &e))?;
-        let revisions = revisions.build().await.map_err(|e| client_error(RUN_API, &e))?;
-        let iam = iam.build().await.map_err(|e| client_error(IAM_API, &e))?;
+        let (run, iam) = (config.endpoints.cloud_run.as_deref(), config.endpoints.iam.as_deref());
+        let run_error =
+            |e: google_cloud_gax::client_builder::Error| client_error(RUN_API, "DEVGEM_CLOUD_RUN_ENDPOINT", run, &e);
+        let services = configure(Services::builder(), run).build().await.map_err(run_error)?;
+        let revisions = configure(Revisions::builder(), run).build().await.map_err(run_error)?;
+        let iam = configure(Iam::builder(), iam)
+            .build()
+            .await
+            .map_err(|e| client_error(IAM_API, "DEVGEM_IAM_ENDPOINT", iam, &e))?;
         let grants = Arc::new(SecretManagerGrants::connect(config, &options).await?);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -779,7 +726,7 @@ impl CloudRunRuntime {
         format!("projects/{}/locations/{}", self.project, self.region)
     }
 
-    async fn run<T, F, Fut>(&self, attempt: F) -> Result<T, CallError<GcpError>>
+    async fn run<T, F, Fut>(&self, attempt: F) -> Result<T, CallError<GoogleApiError>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, google_cloud_gax::error::Error>>,

@@ -8,8 +8,6 @@
 //!   Cloud Run service or revision (what the Cloud Run runtime reads for `Runtime::logs`).
 //! - The conversion of the client's entries to [`LogEntry`], the shape the monitor decodes from
 //!   the Log Router sink, so both paths read one type.
-//! - [`GoogleApiError`]: a failed call of one of the generated REST clients, classified for the
-//!   breaker and retries of [`Api`] (shared with the Cloud Build adapter).
 //!
 //! Pacing: `entries.list` has a small quota (60 requests a minute per project), and a running
 //! build's log is followed by polling. So every request waits for its turn behind the previous
@@ -18,13 +16,11 @@
 
 use crate::gcp::GcpConfig;
 use crate::gcp::call::{Api, CallError};
+use crate::gcp::client::{GoogleApiError, configure, setup_error};
 use crate::resilience::{Classify, Failure};
 use chrono::{DateTime, Utc};
 use devgem_common::events::log_entry::LogEntry;
-use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
-use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::options::RequestOptionsBuilder;
-use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_logging_v2::client::LoggingServiceV2;
 use serde_json::Value;
 use std::time::Duration;
@@ -35,86 +31,6 @@ const API: &str = "Cloud Logging";
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// How long one request may take before it counts as failed (and is retried).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A failed call of a Google REST API through its generated client, with what it says about the
-/// service (see [`Classify`]): 429 and `RESOURCE_EXHAUSTED` ask to slow down; 503, 504, 408,
-/// `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, timeouts and connection errors are worth
-/// another attempt; everything else is a refusal another attempt would get again.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", describe(.0))]
-pub struct GoogleApiError(#[source] pub google_cloud_gax::error::Error);
-
-impl GoogleApiError {
-    /// The canonical code the service answered with, if it answered.
-    pub fn code(&self) -> Option<Code> {
-        answered(&self.0).and_then(|e| e.status()).map(|s| s.code)
-    }
-
-    /// The HTTP status of the answer, if there was one.
-    pub fn http_status(&self) -> Option<u16> {
-        answered(&self.0).and_then(|e| e.http_status_code())
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        self.code() == Some(Code::NotFound) || (self.code().is_none() && self.http_status() == Some(404))
-    }
-
-    pub fn is_permission_denied(&self) -> bool {
-        matches!(self.code(), Some(Code::PermissionDenied | Code::Unauthenticated))
-            || matches!(self.http_status(), Some(401 | 403))
-    }
-}
-
-/// The innermost error that carries the service's answer: a client-side "retries exhausted"
-/// wraps the last attempt's error.
-fn answered(error: &google_cloud_gax::error::Error) -> Option<&google_cloud_gax::error::Error> {
-    let mut current: &(dyn std::error::Error + 'static) = error;
-    loop {
-        if let Some(e) = current.downcast_ref::<google_cloud_gax::error::Error>()
-            && (e.status().is_some() || e.http_status_code().is_some())
-        {
-            return Some(e);
-        }
-        current = current.source()?;
-    }
-}
-
-/// The service's own words when it answered ("UNAVAILABLE: ..."), else the client's.
-fn describe(error: &google_cloud_gax::error::Error) -> String {
-    match answered(error) {
-        Some(e) => match (e.status(), e.http_status_code()) {
-            (Some(status), _) => format!("{}: {}", status.code.name(), status.message),
-            (None, Some(http)) => format!("HTTP {http}: {e}"),
-            (None, None) => e.to_string(),
-        },
-        None => error.to_string(),
-    }
-}
-
-impl Classify for GoogleApiError {
-    fn failure(&self) -> Failure {
-        let (code, http) = (self.code(), self.http_status());
-        match (code, http) {
-            (Some(Code::ResourceExhausted), _) | (_, Some(429)) => Failure::SlowDown,
-            (Some(Code::Unavailable | Code::DeadlineExceeded | Code::Aborted), _) => Failure::Down,
-            (_, Some(408 | 502 | 503 | 504)) => Failure::Down,
-            (Some(_), _) | (None, Some(_)) => Failure::Refused,
-            (None, None) => {
-                let error = &self.0;
-                if error.is_authentication() {
-                    // A token fetch can fail for a moment (metadata server busy); a missing or
-                    // invalid credential does not get better by asking again.
-                    if error.is_transient_and_before_rpc() { Failure::Down } else { Failure::Refused }
-                } else if error.is_serialization() || error.is_deserialization() || error.is_binding() {
-                    Failure::Refused
-                } else {
-                    // Timeout, connection refused or reset: no usable answer.
-                    Failure::Down
-                }
-            }
-        }
-    }
-}
 
 /// Why reading logs failed; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -241,27 +157,12 @@ impl CloudLogging {
                 "GOOGLE_CLOUD_PROJECT is not set; set it to the GCP project id DevGem runs in".into(),
             ));
         }
-        // The client's own retries are off: every attempt goes through `Api`, whose breaker
-        // must see each one.
-        let mut builder = LoggingServiceV2::builder().with_retry_policy(NeverRetry);
-        let endpoint = match &config.endpoints.logging {
-            Some(endpoint) => {
-                builder = builder.with_endpoint(endpoint.clone()).with_credentials(Anonymous::new().build());
-                endpoint.clone()
-            }
-            None => "https://logging.googleapis.com".to_owned(),
-        };
-        let client = builder.build().await.map_err(|e| {
-            LoggingError::Unavailable(format!(
-                "cannot create the Cloud Logging client: {e}; {}",
-                if config.endpoints.logging.is_some() {
-                    "check DEVGEM_LOGGING_ENDPOINT"
-                } else {
-                    "Application Default Credentials are needed: on GCP the service account's, elsewhere \
-                     `gcloud auth application-default login` or GOOGLE_APPLICATION_CREDENTIALS"
-                }
-            ))
-        })?;
+        let custom = config.endpoints.logging.as_deref();
+        let endpoint = custom.unwrap_or("https://logging.googleapis.com").to_owned();
+        let client = configure(LoggingServiceV2::builder(), custom)
+            .build()
+            .await
+            .map_err(|e| LoggingError::Unavailable(setup_error(API, "DEVGEM_LOGGING_ENDPOINT", custom, &e)))?;
         Ok(Self {
             client,
             project: config.project.clone(),

@@ -8,6 +8,7 @@
 //! transient errors and one circuit breaker per API.
 
 pub mod call;
+pub mod client;
 pub mod cloudrun;
 pub mod cloudbuild;
 pub mod config;

@@ -37,13 +37,12 @@
 
 use crate::gcp::GcpConfig;
 use crate::gcp::call::{Api, CallError};
+use crate::gcp::client::{classify, configure, setup_error};
 use crate::resilience::{Classify, Failure};
 use async_trait::async_trait;
 use devgem_common::ports::secrets::{SecretRef, SecretValue, Secrets, SecretsError};
-use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::options::RequestOptionsBuilder;
-use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_secretmanager_v1::client::SecretManagerService;
 use google_cloud_secretmanager_v1::model::{
     AccessSecretVersionResponse, Replication, Secret, SecretPayload, SecretVersion, replication,
@@ -212,32 +211,6 @@ impl Classify for SecretManagerError {
     }
 }
 
-/// 429 slows down, 503 and 504 are down, every other answer is a refusal; no answer at all
-/// (timeout, connection, I/O) is down.
-fn classify(error: &google_cloud_gax::error::Error) -> Failure {
-    match error.http_status_code() {
-        Some(429) => return Failure::SlowDown,
-        Some(503 | 504) => return Failure::Down,
-        Some(_) => return Failure::Refused,
-        None => {}
-    }
-    if let Some(status) = error.status() {
-        return match status.code {
-            Code::ResourceExhausted => Failure::SlowDown,
-            Code::Unavailable | Code::DeadlineExceeded => Failure::Down,
-            _ => Failure::Refused,
-        };
-    }
-    if error.is_timeout() || error.is_connect() || error.is_io() || error.is_transport() {
-        return Failure::Down;
-    }
-    if error.is_authentication() {
-        // A token fetch can fail for a moment; a missing credential does not get better.
-        return if error.is_transient_and_before_rpc() { Failure::Down } else { Failure::Refused };
-    }
-    Failure::Refused
-}
-
 /// The Secrets port on Secret Manager, in the project of [`GcpConfig::project`].
 #[derive(Debug)]
 pub struct SecretManagerSecrets {
@@ -270,20 +243,12 @@ impl SecretManagerSecrets {
                 "GOOGLE_CLOUD_PROJECT is not set; Secret Manager needs the project that holds the secrets".into(),
             ));
         }
-        let mut builder = SecretManagerService::builder().with_retry_policy(NeverRetry);
         let endpoint = config.endpoints.secret_manager.clone();
-        if let Some(endpoint) = &endpoint {
-            builder = builder.with_endpoint(endpoint.clone()).with_credentials(Anonymous::new().build());
-        }
-        let client = builder.build().await.map_err(|e| {
-            let hint = if endpoint.is_some() {
-                "check DEVGEM_SECRET_MANAGER_ENDPOINT"
-            } else {
-                "Application Default Credentials are needed: on GCP the service account's, elsewhere \
-                 `gcloud auth application-default login` or GOOGLE_APPLICATION_CREDENTIALS"
-            };
-            SecretsError::Unavailable(format!("cannot create the Secret Manager client: {e}; {hint}"))
-        })?;
+        let custom = endpoint.as_deref();
+        let client = configure(SecretManagerService::builder(), custom)
+            .build()
+            .await
+            .map_err(|e| SecretsError::Unavailable(setup_error(API, "DEVGEM_SECRET_MANAGER_ENDPOINT", custom, &e)))?;
         Ok(Self {
             client,
             parent: format!("projects/{}", config.project),
@@ -598,15 +563,8 @@ mod tests {
     }
 
     #[test]
-    fn answers_are_classified_for_retries_and_the_breaker() {
+    fn a_write_whose_answer_was_lost_may_have_been_applied() {
         use google_cloud_gax::error::Error;
-        let answered = |code: u16| classify(&Error::http(code, http::HeaderMap::new(), bytes::Bytes::new()));
-        assert_eq!(answered(429), Failure::SlowDown);
-        assert_eq!((answered(503), answered(504)), (Failure::Down, Failure::Down));
-        for code in [400, 403, 404, 409, 500] {
-            assert_eq!(answered(code), Failure::Refused, "{code}");
-        }
-        assert_eq!(classify(&Error::timeout("no answer in time")), Failure::Down);
         let lost = SecretManagerError::Api(Error::http(504, http::HeaderMap::new(), bytes::Bytes::new()));
         let refused = SecretManagerError::Api(Error::http(503, http::HeaderMap::new(), bytes::Bytes::new()));
         assert!(lost.outcome_unknown() && !refused.outcome_unknown(), "a 503 was refused before any write");

@@ -7,7 +7,6 @@ use crate::gcp::emulators::cloudrun::CloudRunStandIn;
 use crate::gcp::emulators::iam::IamStandIn;
 use crate::gcp::emulators::standin::Recorded;
 use devgem_common::events::log_entry::{MonitoredResource, Severity};
-use google_cloud_gax::error::rpc::Status;
 use google_cloud_run_v2::model::TrafficTargetAllocationType as Allocation;
 use http::StatusCode;
 
@@ -670,26 +669,6 @@ fn secret_references_map_both_ways() {
         ours("projects/other/secrets/k", 1)
     );
     assert_eq!(secret_ref_from("demo", &selector("k", "latest")), None);
-}
-
-#[test]
-fn errors_are_classified_for_the_breaker() {
-    let service = |code: Code| GcpError(google_cloud_gax::error::Error::service(Status::default().set_code(code)));
-    let http = |status: u16| {
-        GcpError(google_cloud_gax::error::Error::http(status, http::HeaderMap::new(), bytes::Bytes::new()))
-    };
-    assert_eq!(service(Code::ResourceExhausted).failure(), Failure::SlowDown);
-    assert_eq!(http(429).failure(), Failure::SlowDown);
-    for down in [Code::Unavailable, Code::DeadlineExceeded, Code::Internal] {
-        assert_eq!(service(down).failure(), Failure::Down, "{down:?}");
-    }
-    assert_eq!(http(503).failure(), Failure::Down);
-    assert_eq!(http(504).failure(), Failure::Down);
-    for refused in [Code::AlreadyExists, Code::Aborted, Code::NotFound, Code::PermissionDenied, Code::InvalidArgument] {
-        assert_eq!(service(refused).failure(), Failure::Refused, "{refused:?}");
-    }
-    assert!(service(Code::Aborted).is_conflict() && http(409).is_conflict() && !service(Code::NotFound).is_conflict());
-    assert!(service(Code::NotFound).is_not_found() && http(404).is_not_found());
 }
 
 #[test]

@@ -5,7 +5,6 @@ use crate::gcp::config::Endpoints;
 use crate::gcp::emulators::logging::{LogSink, LoggingStandIn};
 use crate::resilience::{BreakerPolicy, RetryPolicy};
 use devgem_common::events::log_entry::Severity;
-use google_cloud_gax::error::rpc::Status;
 use http::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
@@ -134,12 +133,8 @@ async fn entries_convert_payloads_severities_and_requests_and_pages_follow() {
 #[tokio::test]
 async fn entries_written_with_the_official_client_are_read_back() {
     let stand_in = LoggingStandIn::start().await.expect("stand-in");
-    let client = LoggingServiceV2::builder()
-        .with_endpoint(stand_in.endpoint())
-        .with_credentials(Anonymous::new().build())
-        .build()
-        .await
-        .expect("client");
+    let endpoint = stand_in.endpoint();
+    let client = configure(LoggingServiceV2::builder(), Some(&endpoint)).build().await.expect("client");
     // The request as the client builds it; from JSON, since its resource type lives in a crate
     // DevGem does not name.
     let request: google_cloud_logging_v2::model::WriteLogEntriesRequest = serde_json::from_value(json!({
@@ -225,27 +220,4 @@ fn filters_quote_their_values() {
         r#"logName="projects/demo/logs/cloudbuild" AND resource.type="build" AND resource.labels.build_id="b-1""#
     );
     assert!(service_filter("r", "s", Some("s-1")).ends_with(r#"AND resource.labels.revision_name="s-1""#));
-}
-
-#[test]
-fn errors_are_classified_for_the_breaker() {
-    use google_cloud_gax::error::Error;
-    let service = |code| GoogleApiError(Error::service(Status::default().set_code(code)));
-    assert_eq!(service(Code::ResourceExhausted).failure(), Failure::SlowDown);
-    assert_eq!(service(Code::Unavailable).failure(), Failure::Down);
-    assert_eq!(service(Code::DeadlineExceeded).failure(), Failure::Down);
-    assert_eq!(service(Code::InvalidArgument).failure(), Failure::Refused);
-    assert_eq!(service(Code::AlreadyExists).failure(), Failure::Refused);
-    assert!(service(Code::NotFound).is_not_found());
-    assert!(service(Code::PermissionDenied).is_permission_denied());
-    let http = |code| GoogleApiError(Error::http(code, http::HeaderMap::new(), bytes::Bytes::from_static(b"<html>")));
-    assert_eq!(http(429).failure(), Failure::SlowDown);
-    assert_eq!(http(503).failure(), Failure::Down);
-    assert_eq!(http(504).failure(), Failure::Down);
-    assert_eq!(http(500).failure(), Failure::Refused, "only unavailable and deadline errors are retried");
-    assert_eq!(http(400).failure(), Failure::Refused);
-    assert!(http(404).is_not_found());
-    assert_eq!(GoogleApiError(Error::timeout("slow")).failure(), Failure::Down);
-    assert_eq!(GoogleApiError(Error::io(std::io::Error::other("reset"))).failure(), Failure::Down);
-    assert_eq!(GoogleApiError(Error::deser("garbled")).failure(), Failure::Refused);
 }
