@@ -9,8 +9,8 @@
 
 pub mod call;
 pub mod client;
-pub mod cloudrun;
 pub mod cloudbuild;
+pub mod cloudrun;
 pub mod config;
 pub mod emulators;
 pub mod firestore;
