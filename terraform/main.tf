@@ -165,6 +165,9 @@ locals {
     DEVGEM_STORE                = "firestore"
     DEVGEM_BUS                  = "pubsub"
     DEVGEM_BLOBS                = "gcs"
+    DEVGEM_BUILDER              = "cloudbuild"
+    DEVGEM_RUNTIME              = "cloudrun"
+    DEVGEM_SECRETS              = "secretmanager"
     DEVGEM_BUCKET               = local.bucket_name
     DEVGEM_TOPIC_PREFIX         = local.topic_prefix
     DEVGEM_FIRESTORE_DATABASE   = var.firestore_database

@@ -123,9 +123,13 @@ impl PubSubBus {
         Ok(Self { config: config.clone(), options, client, publishers: Mutex::new(HashMap::new()), api })
     }
 
-    /// The full Pub/Sub name of one of our topics.
+    /// The full Pub/Sub name of one of our topics. `cloud-builds` is not ours to name: Cloud
+    /// Build publishes to the project's topic of that name, so it never takes the prefix.
     pub fn topic_name(&self, topic: Topic) -> String {
-        self.config.topic_name(topic.name())
+        match topic {
+            Topic::CloudBuilds => format!("projects/{}/topics/{}", self.config.project, topic.name()),
+            _ => self.config.topic_name(topic.name()),
+        }
     }
 
     fn publisher(&self, topic: Topic) -> Publisher {

@@ -144,3 +144,18 @@ fn emulator_hosts_become_plain_http_endpoints() {
     assert_eq!(emulator_endpoint("localhost:8085"), "http://localhost:8085");
     assert_eq!(emulator_endpoint("http://127.0.0.1:9"), "http://127.0.0.1:9");
 }
+
+#[tokio::test]
+async fn our_topics_take_the_prefix_and_cloud_builds_keeps_its_fixed_name() {
+    let config = GcpConfig {
+        project: "demo".into(),
+        topic_prefix: "dg-".into(),
+        pubsub_emulator: Some("127.0.0.1:9".into()),
+        ..GcpConfig::default()
+    };
+    // The client connects on the first publish; naming needs no server.
+    let bus = PubSubBus::connect(&config).await.expect("client");
+    assert_eq!(bus.topic_name(Topic::Builds), "projects/demo/topics/dg-builds");
+    assert_eq!(bus.topic_name(Topic::LogEntries), "projects/demo/topics/dg-log-entries");
+    assert_eq!(bus.topic_name(Topic::CloudBuilds), "projects/demo/topics/cloud-builds");
+}
