@@ -14,11 +14,14 @@ WORKDIR /src
 COPY . .
 # The registry, git checkouts and target/ live in BuildKit cache mounts, so a rebuild on the same
 # builder compiles only what changed; the binary is copied out of the cache in the same step.
+# Its debug info (line tables, about 120 MiB) stays behind: a smaller image starts faster on
+# Cloud Run, and backtraces still name the functions.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p devgem-cli --bin devgem \
-    && install -D -m 0755 target/release/devgem /out/devgem
+    && install -D -m 0755 target/release/devgem /out/devgem \
+    && strip --strip-debug /out/devgem
 
 FROM debian:${DEBIAN_RELEASE}-slim
 # git: the Source port fetches repositories with the git command. ca-certificates: TLS to Google

@@ -88,6 +88,19 @@ pub enum OpenError {
     ControlPlane(#[from] ControlPlaneError),
 }
 
+/// Which control-plane ports a process calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlPorts {
+    pub builder: bool,
+    pub runtime: bool,
+    pub secrets: bool,
+}
+
+impl ControlPorts {
+    /// `devgem up`: every function in one process.
+    pub const ALL: Self = Self { builder: true, runtime: true, secrets: true };
+}
+
 /// A GCP control-plane client that could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
@@ -183,15 +196,23 @@ impl Embedded {
     /// `DEVGEM_BUILDER=cloudbuild`, `DEVGEM_RUNTIME=cloudrun` and `DEVGEM_SECRETS=secretmanager`
     /// (default `local` each), with the names of [`devgem_infra::gcp::GcpConfig`]. Build logs and
     /// services' logs are read from Cloud Logging. Call it after [`Embedded::with_data_plane`].
-    pub async fn with_control_plane_from_env(self) -> Result<Self, OpenError> {
-        self.with_control_plane(|name| std::env::var(name).ok()).await
+    /// `uses`: the ports the process's functions call; the others' clients are not set up
+    /// (each costs a few milliseconds of start and some memory).
+    pub async fn with_control_plane_from_env(self, uses: ControlPorts) -> Result<Self, OpenError> {
+        self.with_control_plane(|name| std::env::var(name).ok(), uses).await
     }
 
-    pub async fn with_control_plane(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Self, OpenError> {
+    pub async fn with_control_plane(
+        mut self,
+        get: impl Fn(&str) -> Option<String>,
+        uses: ControlPorts,
+    ) -> Result<Self, OpenError> {
         use devgem_infra::gcp::{cloudbuild, cloudrun, logging, secretmanager};
-        let builder = adapter(&get, "DEVGEM_BUILDER", ["local", "cloudbuild"])?;
-        let runtime = adapter(&get, "DEVGEM_RUNTIME", ["local", "cloudrun"])?;
-        let secrets = adapter(&get, "DEVGEM_SECRETS", ["local", "secretmanager"])?;
+        // Every setting is checked, whether this process uses it or not.
+        let choose = |used: bool, choice: String| if used { choice } else { "local".to_owned() };
+        let builder = choose(uses.builder, adapter(&get, "DEVGEM_BUILDER", ["local", "cloudbuild"])?);
+        let runtime = choose(uses.runtime, adapter(&get, "DEVGEM_RUNTIME", ["local", "cloudrun"])?);
+        let secrets = choose(uses.secrets, adapter(&get, "DEVGEM_SECRETS", ["local", "secretmanager"])?);
         if builder == "local" && runtime == "local" && secrets == "local" {
             return Ok(self);
         }
@@ -344,6 +365,33 @@ mod tests {
         let error =
             embedded(dir.path()).with_data_plane(env(&[("DEVGEM_BUS", "pubsub")])).await.expect_err("no project");
         assert!(error.to_string().contains("GOOGLE_CLOUD_PROJECT is not set"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn only_the_control_plane_clients_a_process_uses_are_set_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pairs = &[
+            ("GOOGLE_CLOUD_PROJECT", "p"),
+            ("DEVGEM_RUNTIME", "cloudrun"),
+            ("DEVGEM_CLOUD_RUN_ENDPOINT", "http://127.0.0.1:9"),
+            ("DEVGEM_IAM_ENDPOINT", "http://127.0.0.1:9"),
+            ("DEVGEM_SECRET_MANAGER_ENDPOINT", "http://127.0.0.1:9"),
+            ("DEVGEM_LOGGING_ENDPOINT", "http://127.0.0.1:9"),
+        ];
+        let none = ControlPorts { builder: false, runtime: false, secrets: false };
+        let monitor = embedded(dir.path()).with_control_plane(env(pairs), none).await.expect("monitor");
+        assert!(format!("{:?}", monitor.runtime_port).starts_with("LocalRuntime"), "no Cloud Run client");
+        let deploy = embedded(dir.path())
+            .with_control_plane(env(pairs), ControlPorts { runtime: true, ..none })
+            .await
+            .expect("deploy");
+        assert!(format!("{:?}", deploy.runtime_port).starts_with("CloudRunRuntime"), "{:?}", deploy.runtime_port);
+        // A wrong setting is refused even where it is not used: the same env serves every function.
+        let error = embedded(dir.path())
+            .with_control_plane(env(&[("DEVGEM_BUILDER", "docker")]), none)
+            .await
+            .expect_err("unknown builder");
+        assert!(error.to_string().contains("use local or cloudbuild"), "{error}");
     }
 
     #[tokio::test]

@@ -41,6 +41,20 @@ impl Function {
         }
     }
 
+    /// The control-plane ports the function calls (what `devgem serve` sets up clients for).
+    pub fn control_ports(self) -> crate::embedded::ControlPorts {
+        let (builder, runtime, secrets) = match self {
+            Function::Build => (true, false, false),
+            Function::Deploy => (false, true, false),
+            // Logs, live env, rollback; secrets of env changes (and the chat's LLM key).
+            Function::Chat | Function::Api => (false, true, true),
+            // Removing old builds and revisions.
+            Function::Janitor => (true, true, false),
+            Function::Analyze | Function::Monitor | Function::Relay => (false, false, false),
+        };
+        crate::embedded::ControlPorts { builder, runtime, secrets }
+    }
+
     /// The function's router on the given adapters.
     pub fn router(self, embedded: &Embedded) -> Router {
         let ports = embedded.ports.clone();

@@ -23,7 +23,7 @@ pub async fn run(function: Function, data_dir: &Path, port: u16, once: bool) -> 
     let mut embedded = Embedded::open(data_dir, false)?
         .with_data_plane_from_env()
         .await?
-        .with_control_plane_from_env()
+        .with_control_plane_from_env(function.control_ports())
         .await?
         .with_brain_from_env()
         .await?

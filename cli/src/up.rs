@@ -375,7 +375,7 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()> + Send +
     let embedded = Embedded::open(&options.data_dir, options.host.is_loopback())?
         .with_data_plane_from_env()
         .await?
-        .with_control_plane_from_env()
+        .with_control_plane_from_env(crate::embedded::ControlPorts::ALL)
         .await?
         .with_brain_from_env()
         .await?
