@@ -240,13 +240,7 @@ impl Embedded {
         if runtime == "cloudrun"
             && let Some(logs) = logs
         {
-            let options = cloudrun::CloudRunOptions::default();
-            let grants = cloudrun::SecretManagerGrants::connect(&config, &options).await?;
-            let cloud = cloudrun::CloudRunRuntime::connect_with(&config, options)
-                .await?
-                .with_logs(logs)
-                .with_secret_grants(Arc::new(grants))
-                .with_identity(cloudrun::AppIdentity::from_config(&config));
+            let cloud = cloudrun::CloudRunRuntime::connect(&config).await?.with_logs(logs);
             self.runtime_port = Arc::new(cloud);
         }
         tracing::info!(%builder, %runtime, %secrets, project = %config.project, region = %config.region, "the control plane is on GCP");

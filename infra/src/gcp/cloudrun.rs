@@ -415,24 +415,37 @@ where
     )))
 }
 
-/// Grants on secrets through Secret Manager's `GetIamPolicy`/`SetIamPolicy`.
+/// Grants on secrets through Secret Manager's `GetIamPolicy`/`SetIamPolicy`. The client is set
+/// up on the first grant: with one shared account for users' services there is none.
 #[derive(Debug)]
 pub struct SecretManagerGrants {
-    client: SecretManagerService,
+    client: tokio::sync::OnceCell<SecretManagerService>,
+    endpoint: Option<String>,
     api: Api,
     options: CloudRunOptions,
 }
 
 impl SecretManagerGrants {
-    /// The client on `config.endpoints.secret_manager` (anonymous) or Google's endpoint (ADC).
-    pub async fn connect(config: &GcpConfig, options: &CloudRunOptions) -> Result<Self, RuntimeError> {
-        let endpoint = config.endpoints.secret_manager.as_deref();
-        let client = configure(SecretManagerService::builder(), endpoint)
-            .build()
+    /// On `config.endpoints.secret_manager` (anonymous) or Google's endpoint (ADC).
+    pub fn new(config: &GcpConfig, options: &CloudRunOptions) -> Self {
+        Self {
+            client: tokio::sync::OnceCell::new(),
+            endpoint: config.endpoints.secret_manager.clone(),
+            api: Api::with_policies(SECRETS_API, options.breaker, options.retry),
+            options: options.clone(),
+        }
+    }
+
+    async fn client(&self) -> Result<&SecretManagerService, RuntimeError> {
+        let endpoint = self.endpoint.as_deref();
+        self.client
+            .get_or_try_init(|| async {
+                configure(SecretManagerService::builder(), endpoint)
+                    .build()
+                    .await
+                    .map_err(|e| client_error(SECRETS_API, "DEVGEM_SECRET_MANAGER_ENDPOINT", endpoint, &e))
+            })
             .await
-            .map_err(|e| client_error(SECRETS_API, "DEVGEM_SECRET_MANAGER_ENDPOINT", endpoint, &e))?;
-        let api = Api::with_policies(SECRETS_API, options.breaker, options.retry);
-        Ok(Self { client, api, options: options.clone() })
     }
 }
 
@@ -440,20 +453,16 @@ impl SecretManagerGrants {
 impl SecretGrants for SecretManagerGrants {
     async fn grant_accessor(&self, secret: &str, member: &str) -> Result<(), RuntimeError> {
         let timeout = self.options.attempt_timeout;
+        let client = self.client().await?;
         ensure_binding(
             &self.api,
             self.options.conflict_attempts,
             secret,
             ACCESSOR_ROLE,
             member,
-            || self.client.get_iam_policy().set_resource(secret).with_attempt_timeout(timeout).send(),
+            || client.get_iam_policy().set_resource(secret).with_attempt_timeout(timeout).send(),
             |policy| {
-                self.client
-                    .set_iam_policy()
-                    .set_resource(secret)
-                    .set_policy(policy)
-                    .with_attempt_timeout(timeout)
-                    .send()
+                client.set_iam_policy().set_resource(secret).set_policy(policy).with_attempt_timeout(timeout).send()
             },
         )
         .await
@@ -621,7 +630,9 @@ pub struct CloudRunRuntime {
     options: CloudRunOptions,
     services: Services,
     revisions: Revisions,
-    iam: Iam,
+    /// Set up on first use: only per-user accounts need IAM.
+    iam: tokio::sync::OnceCell<Iam>,
+    iam_endpoint: Option<String>,
     grants: Arc<dyn SecretGrants>,
     logs: Option<Arc<dyn RevisionLogs>>,
     run_api: Api,
@@ -656,16 +667,12 @@ impl CloudRunRuntime {
                 "the Cloud Run runtime needs GOOGLE_CLOUD_PROJECT and DEVGEM_REGION".into(),
             ));
         }
-        let (run, iam) = (config.endpoints.cloud_run.as_deref(), config.endpoints.iam.as_deref());
+        let run = config.endpoints.cloud_run.as_deref();
         let run_error =
             |e: google_cloud_gax::client_builder::Error| client_error(RUN_API, "DEVGEM_CLOUD_RUN_ENDPOINT", run, &e);
         let services = configure(Services::builder(), run).build().await.map_err(run_error)?;
         let revisions = configure(Revisions::builder(), run).build().await.map_err(run_error)?;
-        let iam = configure(Iam::builder(), iam)
-            .build()
-            .await
-            .map_err(|e| client_error(IAM_API, "DEVGEM_IAM_ENDPOINT", iam, &e))?;
-        let grants = Arc::new(SecretManagerGrants::connect(config, &options).await?);
+        let grants = Arc::new(SecretManagerGrants::new(config, &options));
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -680,7 +687,8 @@ impl CloudRunRuntime {
             options,
             services,
             revisions,
-            iam,
+            iam: tokio::sync::OnceCell::new(),
+            iam_endpoint: config.endpoints.iam.clone(),
             grants,
             logs: None,
             known_accounts: Mutex::new(HashSet::new()),
@@ -902,6 +910,19 @@ impl CloudRunRuntime {
         }
     }
 
+    /// The IAM client, set up on first use.
+    async fn iam(&self) -> Result<&Iam, RuntimeError> {
+        let endpoint = self.iam_endpoint.as_deref();
+        self.iam
+            .get_or_try_init(|| async {
+                configure(Iam::builder(), endpoint)
+                    .build()
+                    .await
+                    .map_err(|e| client_error(IAM_API, "DEVGEM_IAM_ENDPOINT", endpoint, &e))
+            })
+            .await
+    }
+
     /// The account users' services run as; a per-user one is created on first use.
     async fn runtime_account(&self, owner: &UserId) -> Result<String, RuntimeError> {
         if let AppIdentity::Shared(email) = &self.identity {
@@ -917,9 +938,9 @@ impl CloudRunRuntime {
         account.description =
             "Runs one DevGem user's services: no project role, reads only the secrets of their env.".to_owned();
         let timeout = self.options.attempt_timeout;
+        let iam = self.iam().await?;
         let created = call_api(&self.iam_api, || {
-            self.iam
-                .create_service_account()
+            iam.create_service_account()
                 .set_name(format!("projects/{}", self.project))
                 .set_account_id(&id)
                 .set_service_account(account.clone())
@@ -943,9 +964,10 @@ impl CloudRunRuntime {
         let deadline = Instant::now() + self.options.account_propagation;
         let mut delay = self.options.poll;
         let timeout = self.options.attempt_timeout;
+        let iam = self.iam().await?;
         loop {
             let found = call_api(&self.iam_api, || {
-                self.iam.get_service_account().set_name(&name).with_attempt_timeout(timeout).send()
+                iam.get_service_account().set_name(&name).with_attempt_timeout(timeout).send()
             })
             .await;
             match found {

@@ -579,7 +579,7 @@ async fn a_shared_identity_uses_the_configured_account_and_grants_nothing() {
 #[tokio::test]
 async fn secret_grants_keep_other_members_and_retry_a_concurrent_change() {
     let h = Harness::start().await;
-    let grants = SecretManagerGrants::connect(&h.config, &fast_options()).await.expect("grants");
+    let grants = SecretManagerGrants::new(&h.config, &fast_options());
     let secret = format!("projects/{PROJECT}/secrets/{SECRET}");
     h.iam.policies().grant_outside(&secret, ACCESSOR_ROLE, "user:ops@example.com");
     h.iam.faults().fail_next("SetIamPolicy", StatusCode::CONFLICT, 1);
