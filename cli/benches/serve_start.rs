@@ -35,14 +35,19 @@ fn healthy(addr: SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
-/// Resident set size of a process, in KiB (`VmRSS`).
-fn rss_kib(pid: u32) -> u64 {
+/// Resident memory of a process in KiB: all of it (`VmRSS`), and the part that is its own
+/// (`RssAnon`: heap and stacks; the rest is the binary's and libraries' pages, shared and
+/// reclaimable).
+fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }
 
 struct Started {
@@ -140,12 +145,15 @@ async fn gcp() -> Gcp {
 
 fn measure(binary: &Path, configuration: &str, env: &[(&str, String)]) {
     println!("\n{configuration}");
-    println!("{:<8} {:>10} {:>10} {:>10} {:>12}", "function", "ready p50", "ready p95", "ready max", "idle RSS");
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "function", "ready p50", "ready p95", "ready max", "idle RSS", "of it anon"
+    );
     let mut worst_rss = 0;
     let mut all = Vec::new();
     for function in FUNCTIONS {
         let mut readies = Vec::with_capacity(RUNS);
-        let mut rss = 0;
+        let mut rss = (0, 0);
         for run in 0..RUNS {
             let dir = tempfile::tempdir().expect("tempdir");
             let started = start(binary, function, dir.path(), env);
@@ -158,13 +166,14 @@ fn measure(binary: &Path, configuration: &str, env: &[(&str, String)]) {
         }
         readies.sort();
         all.extend(readies.iter().copied());
-        worst_rss = worst_rss.max(rss);
+        worst_rss = worst_rss.max(rss.0);
         println!(
-            "{function:<8} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>8.1} MiB",
+            "{function:<8} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>8.1} MiB {:>8.1} MiB",
             percentile(&readies, 50.0).as_secs_f64() * 1e3,
             percentile(&readies, 95.0).as_secs_f64() * 1e3,
             readies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-            rss as f64 / 1024.0
+            rss.0 as f64 / 1024.0,
+            rss.1 as f64 / 1024.0
         );
     }
     all.sort();
