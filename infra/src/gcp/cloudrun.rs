@@ -639,7 +639,8 @@ pub struct CloudRunRuntime {
     iam_api: Api,
     /// Runtime accounts known to exist, so IAM is asked once per process and user.
     known_accounts: Mutex<HashSet<String>>,
-    http: reqwest::Client,
+    /// `verify`'s client, set up on the first verify.
+    http: tokio::sync::OnceCell<reqwest::Client>,
 }
 
 impl CloudRunRuntime {
@@ -673,10 +674,6 @@ impl CloudRunRuntime {
         let services = configure(Services::builder(), run).build().await.map_err(run_error)?;
         let revisions = configure(Revisions::builder(), run).build().await.map_err(run_error)?;
         let grants = Arc::new(SecretManagerGrants::new(config, &options));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| RuntimeError::Unavailable(format!("cannot create the HTTP client of verify: {e}")))?;
         Ok(Self {
             project: config.project.clone(),
             region: config.region.clone(),
@@ -692,7 +689,7 @@ impl CloudRunRuntime {
             grants,
             logs: None,
             known_accounts: Mutex::new(HashSet::new()),
-            http,
+            http: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -1310,10 +1307,19 @@ impl Runtime for CloudRunRuntime {
     }
 
     async fn verify(&self, url: &str) -> Result<(), RuntimeError> {
+        let http = self
+            .http
+            .get_or_try_init(|| async {
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| RuntimeError::Unavailable(format!("cannot create the HTTP client of verify: {e}")))
+            })
+            .await?;
         let started = Instant::now();
         loop {
             let elapsed = started.elapsed();
-            let last = match self.http.get(url).send().await {
+            let last = match http.get(url).send().await {
                 Ok(response) => {
                     let status = response.status();
                     // A new service's IAM policy and a new tag's route take a while to apply;

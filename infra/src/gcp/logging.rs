@@ -87,7 +87,9 @@ impl Default for LoggingOptions {
 /// Cloud Logging of one project, read through the official client.
 #[derive(Debug)]
 pub struct CloudLogging {
-    client: LoggingServiceV2,
+    /// Set up on the first read: a function that never reads logs never pays for it.
+    client: tokio::sync::OnceCell<LoggingServiceV2>,
+    custom_endpoint: Option<String>,
     project: String,
     region: String,
     /// Where requests go, for error messages.
@@ -149,6 +151,19 @@ impl CloudLogging {
         Self::connect_with(config, LoggingOptions::default()).await
     }
 
+    /// The client, set up on first use.
+    async fn client(&self) -> Result<&LoggingServiceV2, LoggingError> {
+        let custom = self.custom_endpoint.as_deref();
+        self.client
+            .get_or_try_init(|| async {
+                configure(LoggingServiceV2::builder(), custom)
+                    .build()
+                    .await
+                    .map_err(|e| LoggingError::Unavailable(setup_error(API, "DEVGEM_LOGGING_ENDPOINT", custom, &e)))
+            })
+            .await
+    }
+
     /// [`connect`](Self::connect) with the caller's pacing, retries and breaker (tests keep the
     /// delays short).
     pub async fn connect_with(config: &GcpConfig, options: LoggingOptions) -> Result<Self, LoggingError> {
@@ -159,12 +174,9 @@ impl CloudLogging {
         }
         let custom = config.endpoints.logging.as_deref();
         let endpoint = custom.unwrap_or("https://logging.googleapis.com").to_owned();
-        let client = configure(LoggingServiceV2::builder(), custom)
-            .build()
-            .await
-            .map_err(|e| LoggingError::Unavailable(setup_error(API, "DEVGEM_LOGGING_ENDPOINT", custom, &e)))?;
         Ok(Self {
-            client,
+            client: tokio::sync::OnceCell::new(),
+            custom_endpoint: config.endpoints.logging.clone(),
             project: config.project.clone(),
             region: config.region.clone(),
             endpoint,
@@ -200,11 +212,12 @@ impl CloudLogging {
     ) -> Result<EntriesPage, LoggingError> {
         let page_size = i32::try_from(page_size.clamp(1, MAX_PAGE_SIZE)).unwrap_or(1000);
         let resource = format!("projects/{}", self.project);
+        let client = self.client().await?;
         let response = self
             .api
             .call(|| async {
                 self.pace().await;
-                self.client
+                client
                     .list_log_entries()
                     .set_resource_names([resource.clone()])
                     .set_filter(filter)
