@@ -21,115 +21,28 @@
 //!   hop per message) compete with the publish path, and this shows the publish path alone.
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::post;
-use bytes::Bytes;
 use devgem_common::clock::SystemClock;
-use devgem_common::envelope::PushRequest;
 use devgem_common::events::Topic;
-use devgem_common::ports::bus::{Bus, OutboundMessage};
+use devgem_common::ports::bus::Bus;
 use devgem_infra::gcp::GcpConfig;
 use devgem_infra::gcp::emulators::pubsub::{PubSubStandIn, PushSubscription};
 use devgem_infra::gcp::pubsub::PubSubBus;
 use devgem_infra::local::{LocalBus, SubscriptionConfig};
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
+mod arrivals;
 mod support;
+use arrivals::{PAYLOAD_BYTES, Shared, handler, message, ms, scale, scaled};
 use support::{Percentiles, percentiles};
 
 const LATENCY_N: usize = 2_000;
 const LATENCY_WARMUP: usize = 200;
 const THROUGHPUT_M: usize = 10_000;
 const PUBLISHER_COUNTS: [usize; 2] = [8, 64];
-/// Bytes of message data (index, a space, padding): a small event, like ours.
-const PAYLOAD_BYTES: usize = 256;
 const TOPIC: Topic = Topic::Deployments;
-/// Give up on a phase after this long (a stuck bus should fail the run, not hang it).
-const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// What the handler shares with the benchmark: when each message was published and arrived.
-#[derive(Debug)]
-struct Shared {
-    base: Instant,
-    starts: Vec<AtomicU64>,
-    arrivals: Vec<AtomicU64>,
-    received: AtomicUsize,
-    duplicates: AtomicUsize,
-    target: AtomicUsize,
-    done: Notify,
-}
-
-impl Shared {
-    fn new(messages: usize) -> Arc<Self> {
-        Arc::new(Self {
-            base: Instant::now(),
-            starts: (0..messages).map(|_| AtomicU64::new(0)).collect(),
-            arrivals: (0..messages).map(|_| AtomicU64::new(0)).collect(),
-            received: AtomicUsize::new(0),
-            duplicates: AtomicUsize::new(0),
-            target: AtomicUsize::new(usize::MAX),
-            done: Notify::new(),
-        })
-    }
-
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.duration_since(self.base).as_nanos()).unwrap_or(u64::MAX).max(1)
-    }
-
-    fn latency(&self, index: usize) -> Duration {
-        let start = self.starts[index].load(Ordering::Acquire);
-        let arrival = self.arrivals[index].load(Ordering::Acquire);
-        Duration::from_nanos(arrival.saturating_sub(start))
-    }
-
-    async fn wait_received(&self, target: usize) {
-        self.target.store(target, Ordering::SeqCst);
-        let wait = async {
-            while self.received.load(Ordering::SeqCst) < target {
-                self.done.notified().await;
-            }
-        };
-        if tokio::time::timeout(PHASE_TIMEOUT, wait).await.is_err() {
-            panic!(
-                "only {} of {target} messages arrived within {PHASE_TIMEOUT:?}",
-                self.received.load(Ordering::SeqCst)
-            );
-        }
-    }
-}
-
-async fn handler(State(shared): State<Arc<Shared>>, request: PushRequest) -> StatusCode {
-    let now = shared.nanos(Instant::now());
-    let index = std::str::from_utf8(&request.message.data)
-        .ok()
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse::<usize>().ok())
-        .expect("message data starts with its index");
-    if shared.arrivals[index].compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        shared.duplicates.fetch_add(1, Ordering::Relaxed);
-        return StatusCode::NO_CONTENT;
-    }
-    let received = shared.received.fetch_add(1, Ordering::SeqCst) + 1;
-    if received >= shared.target.load(Ordering::SeqCst) {
-        shared.done.notify_one();
-    }
-    StatusCode::NO_CONTENT
-}
-
-fn message(index: usize) -> OutboundMessage {
-    let mut data = format!("{index} ").into_bytes();
-    data.resize(PAYLOAD_BYTES, b'x');
-    OutboundMessage {
-        data: Bytes::from(data),
-        attributes: BTreeMap::from([("kind".to_owned(), "bench".to_owned())]),
-        ordering_key: None,
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Adapter {
@@ -210,7 +123,7 @@ async fn setup(adapter: Adapter, messages: usize) -> Setup {
 impl Setup {
     async fn publish(&self, index: usize) -> Duration {
         let message = message(index);
-        self.shared.starts[index].store(self.shared.nanos(Instant::now()), Ordering::Release);
+        self.shared.mark_start(index);
         let started = Instant::now();
         self.bus.publish(TOPIC, message).await.expect("publish");
         started.elapsed()
@@ -324,25 +237,8 @@ async fn bench_throughput(adapter: Adapter, publishers: usize, m: usize) -> Thro
     result
 }
 
-/// The scale factor: the first numeric CLI argument, else `PUBSUB_BENCH_SCALE`, else 1.
-fn scale() -> f64 {
-    let from_args = std::env::args().skip(1).find_map(|a| a.parse::<f64>().ok());
-    let from_env = || std::env::var("PUBSUB_BENCH_SCALE").ok().and_then(|s| s.parse::<f64>().ok());
-    let scale = from_args.or_else(from_env).unwrap_or(1.0);
-    assert!(scale > 0.0 && scale.is_finite(), "the scale must be a positive number, got {scale}");
-    scale
-}
-
-fn scaled(n: usize, scale: f64) -> usize {
-    ((n as f64 * scale).round() as usize).max(1)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
-}
-
 fn main() {
-    let scale = scale();
+    let scale = scale("PUBSUB_BENCH_SCALE");
     let (warmup, n, m) = (scaled(LATENCY_WARMUP, scale), scaled(LATENCY_N, scale), scaled(THROUGHPUT_M, scale));
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
