@@ -86,6 +86,20 @@ async fn wait_for_event(conn: &Conn, session: &str, what: &str, done: impl Fn(&V
     }
 }
 
+/// Polls the deployment until it is in `state`; failing on the way fails the test.
+async fn wait_for_state(conn: &Conn, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let deployment = api(conn, "GET", &format!("/api/deployments/{id}"), None).await;
+        if deployment["state"] == state {
+            return deployment;
+        }
+        assert_ne!(deployment["state"], "failed", "{deployment}");
+        assert!(Instant::now() < deadline, "never {state}: {deployment}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_chat_turn_deploys_on_the_gcp_data_plane_and_a_kill_mid_deploy_still_ends_live() {
     let port = devgem_infra::gcp::emulators::free_port().expect("a free port");
@@ -107,16 +121,7 @@ async fn a_chat_turn_deploys_on_the_gcp_data_plane_and_a_kill_mid_deploy_still_e
     assert!(answer(&conn, session, 1).await.starts_with("Deploying"), "the deploy is acknowledged");
     let started = wait_for_event(&conn, session, "deployment_started", |e| e["type"] == "deployment_started").await;
     let id = started["data"]["deployment_id"].as_str().expect("deployment id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let deployment = api(&conn, "GET", &format!("/api/deployments/{id}"), None).await;
-        if deployment["state"] == "deploying" {
-            break;
-        }
-        assert_ne!(deployment["state"], "failed", "{deployment}");
-        assert!(Instant::now() < deadline, "never deploying: {deployment}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_state(&conn, &id, "deploying").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     up.signal("KILL");
     up.wait_exit(Duration::from_secs(10));
@@ -211,19 +216,6 @@ impl ControlPlane {
             ("DEVGEM_APP_SERVICE_ACCOUNT", format!("apps@{PROJECT}.iam.gserviceaccount.com")),
             ("DEVGEM_SOURCE_ALLOW_HOSTS", "127.0.0.1".into()),
         ]
-    }
-}
-
-async fn wait_for_state(conn: &Conn, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let deployment = api(conn, "GET", &format!("/api/deployments/{id}"), None).await;
-        if deployment["state"] == state {
-            return deployment;
-        }
-        assert_ne!(deployment["state"], "failed", "{deployment}");
-        assert!(Instant::now() < deadline, "never {state}: {deployment}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
