@@ -143,8 +143,6 @@ impl Embedded {
         Self::open_with(data_dir, options)
     }
 
-    /// Opens every adapter on `data_dir` with explicit options (tests: loopback git, a short
-    /// startup timeout, a key of their own).
     /// Sets the chat's LLM from `DEVGEM_BRAIN` and its settings (docs: `devgem_infra::brain`);
     /// the chain's fallback notices go to the conversation being answered.
     pub async fn with_brain_from_env(mut self) -> Result<Self, OpenError> {
@@ -217,29 +215,22 @@ impl Embedded {
             return Ok(self);
         }
         let config = devgem_infra::gcp::GcpConfig::from_env(&get)?;
-        // One client for both readers: Cloud Logging's read quota is per project.
-        let logs = if builder == "cloudbuild" || runtime == "cloudrun" {
-            Some(Arc::new(logging::CloudLogging::connect(&config).await.map_err(ControlPlaneError::Logging)?))
-        } else {
-            None
-        };
+        // One reader for builds' and services' logs: Cloud Logging's read quota is per project.
+        // Its client is set up on the first read.
+        let logs = Arc::new(logging::CloudLogging::connect(&config).await.map_err(ControlPlaneError::Logging)?);
         if secrets == "secretmanager" {
             let manager =
                 secretmanager::SecretManagerSecrets::connect(&config).await.map_err(ControlPlaneError::Secrets)?;
             self.secrets_port = Arc::new(manager);
         }
-        if builder == "cloudbuild"
-            && let Some(logs) = &logs
-        {
+        if builder == "cloudbuild" {
             let cloud = cloudbuild::CloudBuilder::connect(&config, logs.clone())
                 .await
                 .map_err(ControlPlaneError::Builder)?
                 .with_blobs(self.ports.blobs.clone());
             self.builder_port = Arc::new(cloud);
         }
-        if runtime == "cloudrun"
-            && let Some(logs) = logs
-        {
+        if runtime == "cloudrun" {
             let cloud = cloudrun::CloudRunRuntime::connect(&config).await?.with_logs(logs);
             self.runtime_port = Arc::new(cloud);
         }
@@ -273,6 +264,8 @@ impl Embedded {
         Ok(self)
     }
 
+    /// Opens every adapter on `data_dir` with explicit options (tests: loopback git, a short
+    /// startup timeout, a key of their own).
     pub fn open_with(data_dir: &Path, options: EmbeddedOptions) -> Result<Self, OpenError> {
         let EmbeddedOptions { policy, startup_timeout, secrets_key } = options;
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir { path: data_dir.to_owned(), source })?;
