@@ -443,12 +443,7 @@ async fn list_builds(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let path = format!("/v1/projects/{project}/locations/{location}/builds");
-    state.requests.push(super::standin::Recorded {
-        method: "ListBuilds".into(),
-        path,
-        query: query.clone(),
-        body: Value::Null,
-    });
+    state.requests.record("ListBuilds", &path, &query, Value::Null);
     if let Some(response) = state.faults.take("ListBuilds") {
         return response;
     }
@@ -489,7 +484,7 @@ async fn get_build(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let path = format!("/v1/projects/{project}/locations/{location}/builds/{id}");
-    state.requests.push(super::standin::Recorded { method: "GetBuild".into(), path, query, body: Value::Null });
+    state.requests.record("GetBuild", &path, &query, Value::Null);
     if let Some(response) = state.faults.take("GetBuild") {
         return response;
     }
@@ -545,12 +540,7 @@ async fn get_operation(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let name = format!("projects/{project}/locations/{location}/operations/{operation}");
-    state.requests.push(super::standin::Recorded {
-        method: "GetOperation".into(),
-        path: format!("/v1/{name}"),
-        query,
-        body: Value::Null,
-    });
+    state.requests.record("GetOperation", &format!("/v1/{name}"), &query, Value::Null);
     if let Some(response) = state.faults.take("GetOperation") {
         return response;
     }

@@ -32,7 +32,7 @@
 //!   request as decoded.
 
 use super::iam::{Policies, SetIamPolicyBody, aborted, decode, percent_decode};
-use super::standin::{Faults, HttpStandIn, Operations, Recorded, RequestLog, google_error};
+use super::standin::{Faults, HttpStandIn, Operations, RequestLog, google_error};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -398,10 +398,6 @@ fn route(path: &str) -> Option<Route> {
     }
 }
 
-fn record(inner: &Inner, method: &str, path: &str, query: &HashMap<String, String>, body: Value) {
-    inner.requests.push(Recorded { method: method.to_owned(), path: path.to_owned(), query: query.clone(), body });
-}
-
 /// Decodes the body, records the request and answers a scripted fault if there is one.
 fn admit<T: serde::de::DeserializeOwned + serde::Serialize>(
     inner: &Inner,
@@ -413,11 +409,11 @@ fn admit<T: serde::de::DeserializeOwned + serde::Serialize>(
     let decoded: T = match decode(body) {
         Ok(decoded) => decoded,
         Err(response) => {
-            record(inner, method, path, query, Value::Null);
+            inner.requests.record(method, path, query, Value::Null);
             return Err(response);
         }
     };
-    record(inner, method, path, query, serde_json::to_value(&decoded).unwrap_or_default());
+    inner.requests.record(method, path, query, serde_json::to_value(&decoded).unwrap_or_default());
     match inner.faults.take(method) {
         Some(fault) => Err(Box::new(fault)),
         None => Ok(decoded),
@@ -426,7 +422,7 @@ fn admit<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 /// Records a request without a body and answers a scripted fault if there is one.
 fn admit_empty(inner: &Inner, method: &str, path: &str, query: &HashMap<String, String>) -> Result<(), Box<Response>> {
-    record(inner, method, path, query, Value::Null);
+    inner.requests.record(method, path, query, Value::Null);
     inner.faults.take(method).map_or(Ok(()), |fault| Err(Box::new(fault)))
 }
 
@@ -750,7 +746,7 @@ fn delete_revision(inner: &Inner, name: &str) -> Result<Response, Box<Response>>
 /// The apps: `/s/SERVICE[/...]` is the service's URL, `/t/SERVICE/TAG[/...]` a tagged one.
 async fn app(AxumState(inner): AxumState<Arc<Inner>>, uri: Uri) -> Response {
     let path = uri.path().to_owned();
-    record(&inner, APP_METHOD, &path, &HashMap::new(), Value::Null);
+    inner.requests.record(APP_METHOD, &path, &HashMap::new(), Value::Null);
     if let Some(fault) = inner.faults.take(APP_METHOD) {
         return fault;
     }

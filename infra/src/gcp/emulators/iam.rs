@@ -20,7 +20,7 @@
 //!   dependency of ours), so an unexpected field fails the request.
 //! - [`Faults`] per method name and a [`RequestLog`] of every request as decoded.
 
-use super::standin::{Faults, HttpStandIn, Recorded, RequestLog, google_error};
+use super::standin::{Faults, HttpStandIn, RequestLog, google_error};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -258,10 +258,6 @@ fn route(path: &str) -> Option<Route> {
     }
 }
 
-fn record(inner: &Inner, method: &str, path: &str, query: &HashMap<String, String>, body: Value) {
-    inner.requests.push(Recorded { method: method.to_owned(), path: path.to_owned(), query: query.clone(), body });
-}
-
 async fn dispatch(
     State(inner): State<Arc<Inner>>,
     method: Method,
@@ -279,14 +275,19 @@ async fn dispatch(
                 Ok(r) => r,
                 Err(e) => return *e,
             };
-            record(&inner, "CreateServiceAccount", &path, &query, serde_json::to_value(&request).unwrap_or_default());
+            inner.requests.record(
+                "CreateServiceAccount",
+                &path,
+                &query,
+                serde_json::to_value(&request).unwrap_or_default(),
+            );
             if let Some(fault) = inner.faults.take("CreateServiceAccount") {
                 return fault;
             }
             create_account(&inner, &project, request)
         }
         (Method::GET, Route::Account { project, account }) => {
-            record(&inner, "GetServiceAccount", &path, &query, Value::Null);
+            inner.requests.record("GetServiceAccount", &path, &query, Value::Null);
             if let Some(fault) = inner.faults.take("GetServiceAccount") {
                 return fault;
             }
@@ -301,7 +302,7 @@ async fn dispatch(
             }
         }
         (Method::GET, Route::SecretPolicy { resource, verb }) if verb == "getIamPolicy" => {
-            record(&inner, "GetIamPolicy", &path, &query, Value::Null);
+            inner.requests.record("GetIamPolicy", &path, &query, Value::Null);
             if let Some(fault) = inner.faults.take("GetIamPolicy") {
                 return fault;
             }
@@ -312,7 +313,7 @@ async fn dispatch(
                 Ok(r) => r,
                 Err(e) => return *e,
             };
-            record(&inner, "SetIamPolicy", &path, &query, serde_json::to_value(&request).unwrap_or_default());
+            inner.requests.record("SetIamPolicy", &path, &query, serde_json::to_value(&request).unwrap_or_default());
             if let Some(fault) = inner.faults.take("SetIamPolicy") {
                 return fault;
             }

@@ -10,7 +10,7 @@
 //! joined by `AND`, see [`Filter`]); anything else is answered 400, so a query the stand-in does
 //! not understand fails the test instead of matching everything.
 
-use super::standin::{Faults, HttpStandIn, Recorded, RequestLog, google_error};
+use super::standin::{Faults, HttpStandIn, RequestLog, google_error};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -119,7 +119,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned + serde::Serialize>(
 ) -> Result<T, String> {
     let decoded: T = serde_json::from_slice(body).map_err(|e| format!("{method}: the body does not decode: {e}"))?;
     let body = serde_json::to_value(&decoded).unwrap_or(Value::Null);
-    requests.push(Recorded { method: method.to_owned(), path: path.to_owned(), query: query.clone(), body });
+    requests.record(method, path, query, body);
     Ok(decoded)
 }
 

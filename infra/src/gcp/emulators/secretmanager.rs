@@ -29,7 +29,7 @@
 //! wire), because tests assert that the value arrived. It is never logged: the stand-in traces
 //! no request, and tests should assert on fields rather than print whole records.
 
-use super::standin::{Faults, HttpStandIn, Recorded, RequestLog, google_error};
+use super::standin::{Faults, HttpStandIn, RequestLog, google_error};
 use crate::gcp::secretmanager::{MAX_PAYLOAD, crc32c};
 use axum::Json;
 use axum::Router;
@@ -293,7 +293,7 @@ async fn dispatch(
         return google_error(StatusCode::NOT_IMPLEMENTED, format!("the stand-in does not serve {method} {path}"));
     };
     let record = |name: &str, body: Value| {
-        inner.requests.push(Recorded { method: name.to_owned(), path: path.clone(), query: query.clone(), body });
+        inner.requests.record(name, &path, &query, body);
     };
     match (method, route) {
         (Method::POST, Route::Secrets { project }) => {

@@ -122,6 +122,11 @@ impl RequestLog {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner).push(request);
     }
 
+    /// Records one request of `method` to `path`.
+    pub fn record(&self, method: &str, path: &str, query: &HashMap<String, String>, body: Value) {
+        self.push(Recorded { method: method.to_owned(), path: path.to_owned(), query: query.clone(), body });
+    }
+
     pub fn all(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
