@@ -547,10 +547,9 @@ mod tests {
         assert_eq!(redact_secret_values("why did it fail?"), "why did it fail?");
     }
 
-    #[test]
-    fn env_vars_never_carry_a_secret_value() {
-        use crate::ports::secrets::SecretRef;
-        let mut d = Deployment::new(
+    /// The admin's deployment of a local directory as service `app`, with no env yet.
+    pub(super) fn app_deployment() -> Deployment {
+        Deployment::new(
             NewDeployment {
                 id: DeploymentId::generate(),
                 owner: UserId::admin(),
@@ -560,7 +559,13 @@ mod tests {
                 service: ServiceName::derive_from("app"),
             },
             chrono::Utc::now(),
-        );
+        )
+    }
+
+    #[test]
+    fn env_vars_never_carry_a_secret_value() {
+        use crate::ports::secrets::SecretRef;
+        let mut d = app_deployment();
         d.env.insert("MODE".into(), "fast".into());
         d.secret_env.insert("API_KEY".into(), SecretRef { name: "admin--app--API_KEY".into(), version: 3 });
         let vars = env_vars(&d);

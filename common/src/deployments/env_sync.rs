@@ -329,22 +329,9 @@ pub async fn env_view(ports: &Ports, secrets: &dyn Secrets, runtime: &dyn Runtim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{CorrelationId, DeploymentId, ServiceName, SessionId, UserId};
-    use crate::model::deployment::NewDeployment;
-    use crate::ports::source::{SourceLocation, SourceSpec};
 
     fn deployment() -> Deployment {
-        let mut d = Deployment::new(
-            NewDeployment {
-                id: DeploymentId::generate(),
-                owner: UserId::admin(),
-                session_id: SessionId::generate(),
-                correlation_id: CorrelationId::generate(),
-                source: SourceSpec { location: SourceLocation::Local { path: "/srv/app".into() }, git_ref: None },
-                service: ServiceName::derive_from("app"),
-            },
-            chrono::Utc::now(),
-        );
+        let mut d = crate::deployments::tests::app_deployment();
         d.env.insert("MODE".into(), "fast".into());
         d.env.insert("GONE".into(), "soon".into());
         d.secret_env.insert("API_KEY".into(), SecretRef { name: "admin--app--API_KEY".into(), version: 2 });
